@@ -1,0 +1,31 @@
+"""Data sets as tensors plus duplicate bookkeeping.
+
+- :class:`Dataset`: samples ``x`` (N, C, H, W) in [-1, 1] or (N, D), labels, and for every row the
+  original sample it copies (``source_index``, ``is_duplicate``, ``unique()``).
+- Loaders: :func:`load_digits` (embedded), :func:`load_mnist` / :func:`read_idx` (IDX files on disk).
+- Ground-truth toys: :func:`make_toy2d`, :func:`make_patch_with_duplicate`.
+- Memorization injection: :func:`duplicate_points`, :func:`replace_class_with_copies`.
+- By name: :func:`load_dataset` with :data:`DATASETS`; :func:`load_points` for ``.npy`` point files.
+"""
+
+from memgeo.data.dataset import Dataset
+from memgeo.data.digits import load_digits
+from memgeo.data.inject import duplicate_points, replace_class_with_copies
+from memgeo.data.mnist import DATA_ENV, load_mnist, read_idx
+from memgeo.data.registry import DATASETS, load_dataset, load_points
+from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "Dataset",
+    "duplicate_points",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "load_points",
+    "make_patch_with_duplicate",
+    "make_toy2d",
+    "read_idx",
+    "replace_class_with_copies",
+]

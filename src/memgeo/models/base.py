@@ -1,0 +1,100 @@
+"""The one interface every diffusion model in memgeo exposes to the geometry layer.
+
+A model is a noise predictor ``eps(x, t, cond)`` plus a :class:`VPSchedule`; the score follows as
+``score = -eps / sigma(t)``. Implementations: trained networks (:mod:`memgeo.models.nets`) and exact
+references (:mod:`memgeo.models.reference`). To add a model, subclass :class:`DiffusionModel` and
+implement :meth:`eps` (or :meth:`score` and derive ``eps``); it must treat batch rows independently
+(no batch norm) so that batched JVP/VJP give per-sample Jacobians.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from memgeo.errors import MemgeoError
+from memgeo.models.schedule import VPSchedule
+
+
+NULL_CLASS = -1
+"""Condition value meaning "no condition" for a row; ``cond=None`` means it for the whole batch."""
+
+
+def as_time(t: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or (B,) time to a (B,) tensor with ``like``'s dtype and device."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise MemgeoError(f"time has shape {tuple(t.shape)} but the batch has {batch} rows", "pass a scalar or (B,) t")
+    return t
+
+
+def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a (B,) tensor to broadcast against x of shape (B, ...)."""
+    return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+class DiffusionModel(nn.Module):
+    """Base class: a noise predictor on a VP schedule.
+
+    Attributes
+    ----------
+    schedule : VPSchedule
+    data_shape : tuple of int
+        Shape of one sample, e.g. ``(1, 8, 8)`` or ``(2,)``.
+    num_classes : int or None
+        Number of condition classes; ``None`` for unconditional models. ``cond=None`` always
+        means the null (unconditional) condition.
+    """
+
+    schedule: VPSchedule
+    data_shape: tuple[int, ...]
+    num_classes: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Flattened data dimension D."""
+        d = 1
+        for s in self.data_shape:
+            d *= s
+        return d
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise, shape (B, *data_shape), for x (B, *data_shape), t scalar or (B,), cond (B,) or None."""
+        sigma = expand_like(self.schedule.sigma(as_time(t, x.shape[0], x)), x)
+        return -sigma * self.score(x, t, cond)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Score grad_x log p_t(x | cond) = -eps / sigma(t), shape (B, *data_shape)."""
+        sigma = expand_like(self.schedule.sigma(as_time(t, x.shape[0], x)), x)
+        return -self.eps(x, t, cond) / sigma
+
+    def check_input(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> None:
+        """Validate a batch against the model's data shape and condition classes."""
+        if tuple(x.shape[1:]) != tuple(self.data_shape):
+            raise MemgeoError(
+                f"input has per-sample shape {tuple(x.shape[1:])} but the model expects {tuple(self.data_shape)}",
+                "reshape the points to the model's data shape",
+            )
+        if cond is not None:
+            if self.num_classes is None:
+                raise MemgeoError("a condition was given to an unconditional model", "drop cond / --cond")
+            if cond.shape != (x.shape[0],):
+                raise MemgeoError(f"cond has shape {tuple(cond.shape)}, expected ({x.shape[0]},)", "one label per row")
+
+
+def guided_eps(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float,
+               cond: torch.Tensor | None, guidance: float = 1.0) -> torch.Tensor:
+    """Classifier-free guided noise eps_u + w (eps_c - eps_u); ``guidance=1`` is the plain conditional.
+
+    Shapes as :meth:`DiffusionModel.eps`. With ``cond=None`` or ``guidance == 1`` one network call.
+    """
+    if cond is None or guidance == 1.0:
+        return model.eps(x, t, cond)
+    if guidance == 0.0:
+        return model.eps(x, t, None)
+    both = model.eps(torch.cat([x, x]), torch.cat([as_time(t, x.shape[0], x)] * 2),
+                     torch.cat([cond, torch.full_like(cond, NULL_CLASS)]))
+    e_c, e_u = both.chunk(2)
+    return e_u + guidance * (e_c - e_u)

@@ -1,0 +1,101 @@
+"""Safetensors checkpoints that carry their own config.
+
+A checkpoint folder holds
+``model.safetensors``  inference weights (the EMA copy) with the model config in the metadata, and
+``state.safetensors``  everything needed to resume training (raw weights, optimizer moments, RNG
+                       state, step) with the training config in the metadata.
+Both are written atomically, so an interrupted run leaves the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from memgeo.errors import MemgeoError
+from memgeo.io import atomic_write_bytes
+from memgeo.models.base import DiffusionModel
+from memgeo.models.nets import ModelConfig, build_model
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.safetensors"
+FORMAT = "memgeo-checkpoint-1"
+
+_config_adapter: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomically save a flat dict of tensors with string metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"format": FORMAT, **metadata}))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Metadata of a safetensors file, with clear errors for missing or corrupt files."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise MemgeoError(f"checkpoint file {path} does not exist", "train a model first or fix the path")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MemgeoError(f"checkpoint file {path} is corrupt or not safetensors ({exc})", "re-train or restore it") from exc
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load all tensors of a safetensors file (CPU)."""
+    read_metadata(path)  # gives the clear error first
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MemgeoError(f"checkpoint file {path} is corrupt ({exc})", "re-train or restore it") from exc
+
+
+def parse_model_config(text: str, source: str) -> ModelConfig:
+    """Parse a model config from JSON text, naming ``source`` on failure."""
+    try:
+        return _config_adapter.validate_python(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise MemgeoError(f"model config in {source} is invalid ({first})", "re-train or restore the checkpoint") from exc
+
+
+def save_model(model: DiffusionModel, folder: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model.safetensors`` (weights + config) into ``folder``; returns the file path."""
+    folder = Path(folder)
+    path = folder / MODEL_FILE
+    meta = {"model_config": model.config.model_dump_json(), **(extra_metadata or {})}
+    save_tensors(path, dict(model.state_dict()), meta)
+    return path
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a trained model from a checkpoint folder (or a ``model.safetensors`` path).
+
+    Raises
+    ------
+    MemgeoError
+        If the file is missing or corrupt, or its weights do not match its config.
+    """
+    path = Path(folder)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    meta = read_metadata(path)
+    if "model_config" not in meta:
+        raise MemgeoError(f"{path} has no memgeo model config in its metadata", "is it a memgeo checkpoint?")
+    config = parse_model_config(meta["model_config"], str(path))
+    model = build_model(config)
+    tensors = load_tensors(path)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise MemgeoError(f"weights in {path} do not match its config ({first})", "re-train; the file was altered") from exc
+    return model.to(device).eval()

@@ -1,0 +1,102 @@
+"""The variance-preserving (VP / DDPM) noise schedule in continuous time.
+
+x_t = sqrt(alpha_bar(t)) x_0 + sigma(t) eps, sigma(t) = sqrt(1 - alpha_bar(t)), t in (0, 1].
+With beta(t) = beta_min + t (beta_max - beta_min) the log signal rate integrates in closed form:
+log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2). The defaults (0.1, 20) are the
+continuous limit of DDPM's 1000 linear betas 1e-4 ... 0.02, so step k of a 1000-step diffusers
+scheduler corresponds to t = (k + 1) / 1000.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memgeo.errors import MemgeoError
+
+
+class VPSchedule(BaseModel):
+    """Linear-beta VP schedule.
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        Endpoints of the linear beta(t); defaults match DDPM's linear 1e-4 ... 0.02 over 1000 steps.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    beta_min: float = Field(0.1, gt=0)
+    beta_max: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "VPSchedule":
+        if self.beta_max < self.beta_min:
+            raise MemgeoError(f"beta_max={self.beta_max} < beta_min={self.beta_min}", "swap them")
+        return self
+
+    # --- closed forms -------------------------------------------------------------------------
+    def log_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
+        """log alpha_bar(t), same shape as ``t``."""
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not isinstance(t, torch.Tensor) else t
+        return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+
+    def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal power alpha_bar(t) in (0, 1], same shape as ``t``."""
+        return torch.exp(self.log_alpha_bar(t))
+
+    def sqrt_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal scale psi(t) = sqrt(alpha_bar(t))."""
+        return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Noise scale sigma(t) = sqrt(1 - alpha_bar(t)); ``-expm1`` keeps precision at small t."""
+        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+
+    def beta(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Instantaneous beta(t)."""
+        t = torch.as_tensor(t) if not isinstance(t, torch.Tensor) else t
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def t_from_sigma(self, sigma: float) -> float:
+        """Invert sigma(t): the t at which the noise scale equals ``sigma`` (0 < sigma < sigma(1))."""
+        s_max = float(self.sigma(1.0))
+        if not 0.0 < sigma < s_max:
+            raise MemgeoError(f"sigma={sigma} is outside (0, {s_max:.4f})", "pick a noise level inside the schedule")
+        # Solve (beta_max - beta_min)/2 t^2 + beta_min t + log(1 - sigma^2) = 0 for t > 0.
+        a = 0.5 * (self.beta_max - self.beta_min)
+        c = math.log1p(-sigma * sigma)
+        b = self.beta_min
+        if a == 0:
+            return -c / b
+        return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+    # --- diffusers interoperability ---------------------------------------------------------
+    def diffusers_betas(self, num_train_timesteps: int = 1000) -> tuple[float, float]:
+        """(beta_start, beta_end) of the equivalent diffusers ``"linear"`` schedule."""
+        n = num_train_timesteps
+        return self.beta_min / n, self.beta_max / n
+
+    def to_diffusers(self, kind: str = "ddim", num_train_timesteps: int = 1000, **kwargs):
+        """Build the equivalent diffusers scheduler (``"ddpm"`` or ``"ddim"``).
+
+        Discrete step k in 0..N-1 corresponds to continuous time t = (k + 1) / N
+        (see :meth:`t_from_timestep`); ``alphas_cumprod[k]`` agrees with ``alpha_bar(t)`` to O(1/N).
+        """
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        start, end = self.diffusers_betas(num_train_timesteps)
+        common = dict(num_train_timesteps=num_train_timesteps, beta_start=start, beta_end=end,
+                      beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+        if kind == "ddpm":
+            return DDPMScheduler(**common, **kwargs)
+        if kind == "ddim":
+            return DDIMScheduler(**common, set_alpha_to_one=False, **kwargs)
+        raise MemgeoError(f"unknown diffusers scheduler kind {kind!r}", "use 'ddpm' or 'ddim'")
+
+    @staticmethod
+    def t_from_timestep(k: torch.Tensor | int, num_train_timesteps: int = 1000) -> torch.Tensor:
+        """Continuous t for a diffusers integer timestep ``k``."""
+        return (torch.as_tensor(k, dtype=torch.get_default_dtype()) + 1.0) / num_train_timesteps

@@ -1,0 +1,43 @@
+"""Reporting layer: figures and a self-contained HTML report from plain numpy arrays and dicts.
+
+This layer sits above ``memorization`` in the import order but deliberately imports none of
+``memgeo.data``, ``memgeo.models``, ``memgeo.geometry`` or ``memgeo.memorization``: callers pass
+arrays and dicts, so reports can be rebuilt from saved results without loading any model.
+Figures are rendered with matplotlib's Agg canvas without importing pyplot or switching the
+global backend.
+"""
+
+from memgeo.report.html import Report, format_value
+from memgeo.report.plots import (
+    FLAT_THRESHOLD,
+    PNG_SIGNATURE,
+    POINT_MASS_VALUE,
+    close_figure,
+    field_plot_2d,
+    figure_to_png_bytes,
+    image_grid,
+    roc_plot,
+    save_figure,
+    scatter_plot,
+    score_histogram,
+    spectra_plot,
+    trajectory_spectrum_plot,
+)
+
+__all__ = [
+    "FLAT_THRESHOLD",
+    "PNG_SIGNATURE",
+    "POINT_MASS_VALUE",
+    "Report",
+    "close_figure",
+    "field_plot_2d",
+    "figure_to_png_bytes",
+    "format_value",
+    "image_grid",
+    "roc_plot",
+    "save_figure",
+    "scatter_plot",
+    "score_histogram",
+    "spectra_plot",
+    "trajectory_spectrum_plot",
+]
