@@ -84,6 +84,14 @@ class DiffusionModel(nn.Module):
                 raise MemgeoError(f"cond has shape {tuple(cond.shape)}, expected ({x.shape[0]},)", "one label per row")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """Floating dtype of a model's parameters or buffers (float32 when it has neither)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def guided_eps(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float,
                cond: torch.Tensor | None, guidance: float = 1.0) -> torch.Tensor:
     """Classifier-free guided noise eps_u + w (eps_c - eps_u); ``guidance=1`` is the plain conditional.

@@ -1,0 +1,159 @@
+"""The ``memgeo`` command line: a thin typer layer over :mod:`memgeo.workflows`.
+
+Every command writes into one ``--out`` folder; bad input ends with a one-line ``error:`` message
+(exit code 2) that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from memgeo.errors import MemgeoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure, explain and prevent memorization in generative models.")
+
+Out = Annotated[Path, typer.Option("--out", help="Output folder (created; files are written atomically).")]
+Seed = Annotated[int, typer.Option(help="Random seed (recorded in provenance.json).")]
+
+
+def _load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, Any]) -> BaseModel:
+    """Config file (JSON) first, then the command-line options that were given."""
+    base: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise MemgeoError(f"config file {path} does not exist", "check --config")
+        try:
+            base = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise MemgeoError(f"config file {path} is not valid JSON ({exc})", "fix the file") from exc
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:  # nested, e.g. train.steps
+            outer, inner = key.split(".", 1)
+            base.setdefault(outer, {})
+            base[outer] = {**(base[outer] if isinstance(base[outer], dict) else base[outer]), inner: value}
+        else:
+            base[key] = value
+    try:
+        return cls.model_validate(base)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        raise MemgeoError(f"invalid option {loc}: {err['msg']}", "see --help for allowed values") from exc
+
+
+@app.command()
+def demo(
+    data: Annotated[str, typer.Option(help="digits (embedded) or mnist:PATH (IDX folder) / mnist (uses $MEMGEO_DATA).")] = None,
+    memorize_class: Annotated[int, typer.Option(help="Class whose images are replaced by copies of one image.")] = None,
+    control_class: Annotated[int, typer.Option(help="Untouched class for comparison.")] = None,
+    copies: Annotated[int, typer.Option(help="Number of copies put in (default: the class size).")] = None,
+    fraction: Annotated[float, typer.Option(help="Share of the class replaced by copies (1 = all).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = None,
+    n_samples: Annotated[int, typer.Option(help="Generations per class.")] = None,
+    toy: Annotated[bool, typer.Option(help="Include the 2-D toy illustration.")] = None,
+    config: Annotated[Path, typer.Option(help="DemoConfig JSON; options given here override it.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = None,
+    out: Out = Path("runs/demo"),
+) -> None:
+    """Train a digit model with one class memorized, detect copies by sharpness, write a report."""
+    from memgeo.workflows.demo import DemoConfig, run_demo
+
+    cfg = _load_config(config, DemoConfig, {
+        "data": data, "memorize_class": memorize_class, "control_class": control_class, "copies": copies,
+        "fraction": fraction, "train.steps": steps, "n_samples": n_samples, "toy.enabled": toy, "seed": seed})
+    metrics = run_demo(cfg, out)
+    keys = ("copy_rate_memorized", "copy_rate_control", "auroc_sharpness", "auroc_sharpness_ci")
+    typer.echo(json.dumps({k: metrics[k] for k in keys}))
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[str, typer.Option(help="Data SPEC: digits, mnist[:PATH], toy2d, npy:FILE.")] = None,
+    arch: Annotated[str, typer.Option(help="mlp or unet.")] = None,
+    conditional: Annotated[bool, typer.Option(help="Class-conditional (needs labels).")] = None,
+    hidden: Annotated[int, typer.Option(help="MLP width.")] = None,
+    depth: Annotated[int, typer.Option(help="MLP residual blocks.")] = None,
+    memorize_class: Annotated[int, typer.Option(help="Replace this class by copies of one image.")] = None,
+    copies: Annotated[int, typer.Option(help="Copies put in for --memorize-class.")] = None,
+    fraction: Annotated[float, typer.Option(help="Share of the class replaced.")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = None,
+    config: Annotated[Path, typer.Option(help="TrainRunConfig JSON; options override it.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = None,
+    out: Out = Path("runs/model"),
+) -> None:
+    """Train a diffusion model; OUT becomes a checkpoint folder (rerun to resume)."""
+    from memgeo.workflows.commands import TrainRunConfig, run_train
+
+    cfg = _load_config(config, TrainRunConfig, {
+        "data": data, "arch": arch, "conditional": conditional, "hidden": hidden, "depth": depth,
+        "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
+        "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
+        "train.seed": seed})
+    typer.echo(json.dumps(run_train(cfg, out)))
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC.")],
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    cond: Annotated[int, typer.Option(help="Class to condition on (default: unconditional).")] = None,
+    sampler: Annotated[str, typer.Option(help="ddim or ddpm.")] = "ddim",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 100,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight.")] = 1.0,
+    train_data: Annotated[str, typer.Option(help="Data SPEC of the training set, to label copies.")] = None,
+    seed: Seed = 0,
+    out: Out = Path("runs/samples"),
+) -> None:
+    """Generate samples from a model (and label copies of the training data)."""
+    from memgeo.workflows.commands import SampleRunConfig, run_sample
+
+    cfg = _load_config(None, SampleRunConfig, dict(model=model, n=n, cond=cond, sampler=sampler, steps=steps,
+                                                   guidance=guidance, train_data=train_data, seed=seed))
+    typer.echo(json.dumps(run_sample(cfg, out)))
+
+
+@app.command()
+def sharpness(
+    model: Annotated[str, typer.Option(help="Checkpoint folder, empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")],
+    points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
+    t: Annotated[float, typer.Option("--t", help="Diffusion time in (0, 1].")] = None,
+    sigma: Annotated[float, typer.Option("--sigma", help="Noise scale (instead of --t).")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
+    labels: Annotated[Path, typer.Option(help=".npy of one class per point (instead of --cond).")] = None,
+    at: Annotated[str, typer.Option(help="scaled (psi_t x, default) or raw (x as given).")] = "scaled",
+    out: Out = Path("runs/sharpness"),
+) -> None:
+    """Hessian spectrum of log p_t (in units of sigma^2) at each point; writes sharpness.json."""
+    from memgeo.workflows.commands import SharpnessRunConfig, run_sharpness
+
+    cfg = _load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
+                                                      labels=str(labels) if labels else None, at=at))
+    typer.echo(json.dumps(run_sharpness(cfg, out)))
+
+
+def main() -> None:
+    """Console entry point: run the app, turning :class:`MemgeoError` into a one-line error (exit 2).
+
+    Usage errors (unknown option, missing value) are reported by click itself, also with exit 2.
+    """
+    try:
+        app()
+    except MemgeoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Library functions behind ``memgeo train``, ``memgeo sample`` and ``memgeo sharpness``.
+
+Each takes a frozen, validated config and an output folder, writes results (JSON + CSV), figures,
+``config.json``, ``provenance.json`` and a self-contained ``report.html``, and returns a summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memgeo.data import load_dataset, load_points, replace_class_with_copies
+from memgeo.errors import MemgeoError, check_finite
+from memgeo.geometry import sharpness_spectrum
+from memgeo.geometry.jacobian import check_points
+from memgeo.geometry.sharpness import resolve_time
+from memgeo.io import write_csv, write_json, write_npy
+from memgeo.memorization import label_copies
+from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load_model_spec, train
+from memgeo.models.base import NULL_CLASS, DiffusionModel, model_dtype
+from memgeo.report import Report, image_grid, save_figure, scatter_plot, spectra_plot
+from memgeo.workflows.common import say, start_run
+
+
+# ------------------------------------------------------------------------------------------------ train
+class TrainRunConfig(BaseModel):
+    """``memgeo train``: data, optional memorization injection, architecture and optimisation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str = "digits"
+    arch: Literal["mlp", "unet"] = "mlp"
+    conditional: bool = True
+    hidden: int = Field(256, ge=8)
+    depth: int = Field(3, ge=1)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    memorize_class: int | None = None
+    copies: int | None = Field(None, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)
+    train: TrainConfig = TrainConfig(steps=4000, checkpoint_every=1000)
+    preview_samples: int = Field(16, ge=0)
+
+
+def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
+    """Train a model into ``out`` (a checkpoint folder usable as ``--model``); resumes if interrupted."""
+    ds = load_dataset(cfg.data)
+    if cfg.memorize_class is not None:
+        ds = replace_class_with_copies(ds, cfg.memorize_class, n_copies=cfg.copies, fraction=cfg.fraction,
+                                       seed=cfg.train.seed)
+    if cfg.conditional and ds.y is None:
+        raise MemgeoError(f"data {cfg.data!r} has no labels for a conditional model", "pass --unconditional")
+    n_classes = int(ds.y.max()) + 1 if cfg.conditional else None
+    if cfg.arch == "mlp":
+        model_cfg = MLPConfig(data_shape=ds.data_shape, hidden=cfg.hidden, depth=cfg.depth, num_classes=n_classes)
+    else:
+        if len(ds.data_shape) != 3:
+            raise MemgeoError(f"the UNet needs images (C, H, W), data has shape {ds.data_shape}", "use --arch mlp")
+        model_cfg = UNetConfig(data_shape=ds.data_shape, channels=cfg.unet_channels, num_classes=n_classes)
+    out = start_run(out, cfg, cfg.train.seed, data_rows=ds.n)
+    say(f"training {cfg.arch} on {cfg.data} ({ds.n} rows, shape {ds.data_shape}) for {cfg.train.steps} steps -> {out}")
+    res = train(model_cfg, cfg.train, ds.x, ds.y if cfg.conditional else None, out)
+    report = Report("memgeo train", subtitle=f"{cfg.arch} on {cfg.data}")
+    summary = {"steps": cfg.train.steps, "resumed_from": res.resumed_from, "seconds": res.seconds,
+               "final_loss": res.log[-1]["loss"] if res.log else None, "n_train": ds.n,
+               "steps_per_s": res.steps_done / res.seconds if res.seconds > 0 else None}
+    report.add_metrics(summary, heading="Training")
+    if res.log:
+        fig = scatter_plot(np.array([r["step"] for r in res.log]), np.array([r["loss"] for r in res.log]),
+                           xlabel="step", ylabel="denoising loss", title="Training loss", logy=True)
+        save_figure(fig, out / "figures" / "loss.png")
+        report.add_figure((out / "figures" / "loss.png").read_bytes(), heading="Loss")
+    if cfg.preview_samples:
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        k = cfg.preview_samples
+        cond = (torch.arange(k) % n_classes) if n_classes else None
+        x0 = get_sampler("ddim")(res.model, torch.randn((k,) + tuple(ds.data_shape), generator=gen), steps=50,
+                                 cond=cond).x0
+        if len(ds.data_shape) == 3:
+            save_figure(image_grid(x0.clamp(-1, 1).numpy(), title="Preview samples"), out / "figures" / "preview.png")
+            report.add_figure((out / "figures" / "preview.png").read_bytes(), heading="Preview samples")
+    write_json(out / "summary.json", summary)
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- sample
+class SampleRunConfig(BaseModel):
+    """``memgeo sample``: how many generations, of which class, with which sampler."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    n: int = Field(64, ge=1)
+    cond: int | None = None
+    sampler: str = "ddim"
+    steps: int = Field(100, ge=1)
+    guidance: float = 1.0
+    clip: bool = True
+    train_data: str | None = None
+    copy_criterion: str = "ratio"
+    seed: int = 0
+
+
+def _cond_tensor(model: DiffusionModel, cond: int | None, n: int) -> torch.Tensor | None:
+    if cond is None:
+        return None
+    if model.num_classes is None:
+        raise MemgeoError("--cond was given but the model is unconditional", "drop --cond")
+    if not (0 <= cond < model.num_classes or cond == NULL_CLASS):
+        raise MemgeoError(f"--cond {cond} is not a class of the model (0..{model.num_classes - 1})", "pick a valid class")
+    return torch.full((n,), cond, dtype=torch.long)
+
+
+def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
+    """Generate samples (``samples.npy`` (n, *data_shape)) and, with ``train_data``, label copies."""
+    model = load_model_spec(cfg.model)
+    sampler = get_sampler(cfg.sampler)
+    cond = _cond_tensor(model, cfg.cond, cfg.n)
+    out = start_run(out, cfg, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
+    res = sampler(model, torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen), steps=cfg.steps, cond=cond,
+                  guidance=cfg.guidance, clip=(-1.0, 1.0) if cfg.clip else None, generator=gen, progress=True)
+    x0 = res.x0
+    write_npy(out / "samples.npy", x0.numpy())
+    rows: list[dict[str, Any]] = [{"sample": i, "cond": cfg.cond} for i in range(cfg.n)]
+    summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1}
+    report = Report("memgeo sample", subtitle=cfg.model)
+    is_copy = None
+    if cfg.train_data:
+        train_ds = load_dataset(cfg.train_data)
+        labels = label_copies(x0, train_ds.x, criterion=cfg.copy_criterion)
+        is_copy = labels.is_copy
+        rows = [{**r, **{k: v for k, v in lr.items() if k != "sample"}} for r, lr in zip(rows, labels.to_rows())]
+        summary["copies"] = labels.summary()
+    write_csv(out / "samples.csv", rows)
+    write_json(out / "summary.json", summary)
+    report.add_metrics(summary, heading="Summary")
+    if len(model.data_shape) == 3:
+        save_figure(image_grid(x0[:64].numpy(), highlight=None if is_copy is None else is_copy[:64],
+                               title="Samples" + (" (red: copy)" if is_copy is not None else "")),
+                    out / "figures" / "samples.png")
+        report.add_figure((out / "figures" / "samples.png").read_bytes(), heading="Samples")
+    report.add_table(rows, heading="Per-sample")
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- sharpness
+class SharpnessRunConfig(BaseModel):
+    """``memgeo sharpness``: model SPEC, points file and noise level (exactly one of t, sigma)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    points: str
+    t: float | None = None
+    sigma: float | None = None
+    cond: int | None = None
+    labels: str | None = None
+    at: Literal["scaled", "raw"] = "scaled"
+    chunk_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_noise_level(self) -> "SharpnessRunConfig":
+        if (self.t is None) == (self.sigma is None):
+            raise MemgeoError("give exactly one of --t and --sigma", "e.g. --sigma 0.3")
+        if self.cond is not None and self.labels is not None:
+            raise MemgeoError("give at most one of --cond and --labels", "drop one")
+        return self
+
+
+def _load_labels(path: str) -> torch.Tensor:
+    p = Path(path)
+    if not p.is_file():
+        raise MemgeoError(f"labels file {p} does not exist", "check --labels")
+    try:
+        return torch.as_tensor(np.load(p, allow_pickle=False))
+    except (ValueError, OSError) as exc:
+        raise MemgeoError(f"labels file {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
+
+
+def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
+    """Hessian spectra at the given points; writes ``sharpness.json`` and ``sharpness.csv``.
+
+    ``sharpness.json`` holds ``t``, ``sigma``, ``flat_threshold`` and ``points``: per point (in file
+    order) ``eigenvalues_sigma2`` (sorted ascending), ``n_positive``, ``n_flat``, ``sharpness`` and
+    ``asymmetry``.
+    """
+    model = load_model_spec(cfg.model)
+    t = resolve_time(model, cfg.t, cfg.sigma)
+    pts = load_points(cfg.points)
+    check_points(model, pts)  # wrong dimension fails here, before the output folder exists
+    cond = _cond_tensor(model, cfg.cond, pts.shape[0])
+    if cfg.labels is not None:
+        lab = _load_labels(cfg.labels)
+        check_finite(lab, f"labels file {cfg.labels}")
+        if lab.shape != (pts.shape[0],):
+            raise MemgeoError(f"labels file {cfg.labels} has shape {tuple(lab.shape)}, expected ({pts.shape[0]},)",
+                              "give one label per point")
+        cond = lab.long()
+    out = start_run(out, cfg, None)
+    say(f"sharpness of {pts.shape[0]} points at t={t:.4f} with {cfg.model}")
+    res = sharpness_spectrum(model, pts.to(model_dtype(model)), t, cond=cond, at=cfg.at,
+                             chunk_size=cfg.chunk_size)
+    records = [{"index": i, **r} for i, r in enumerate(res.to_records())]
+    result = {"model": cfg.model, "points": records, "t": t, "sigma": float(res.sigma[0]),
+              "flat_threshold": res.flat_threshold, "evaluated_at": cfg.at, "n_points": len(records)}
+    write_json(out / "sharpness.json", result)
+    write_csv(out / "sharpness.csv", [{"index": i, **r} for i, r in enumerate(res.summary_rows())])
+    summary = {"n_points": len(records), "t": t, "sigma": float(res.sigma[0]),
+               "mean_sharpness": float(res.sharpness.mean()), "mean_n_flat": float(res.n_flat.float().mean()),
+               "mean_n_positive": float(res.n_positive.float().mean()), "mean_asymmetry": float(res.asymmetry.mean())}
+    report = Report("memgeo sharpness", subtitle=f"{cfg.model} at t={t:.4f} (sigma={float(res.sigma[0]):.4f})")
+    report.add_metrics(summary, heading="Summary")
+    save_figure(spectra_plot({"points": res.eigenvalues_sigma2.numpy()}, title="Hessian spectra (lambda sigma^2)"),
+                out / "figures" / "spectra.png")
+    report.add_figure((out / "figures" / "spectra.png").read_bytes(), heading="Spectra")
+    report.add_table(res.summary_rows(), heading="Per point")
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return summary
