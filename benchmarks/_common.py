@@ -70,7 +70,7 @@ def machine_line(m: dict[str, Any]) -> str:
             f"torch {m['torch']} with {m['torch_threads']} intra-op threads; Python {m['python']}{load_s}.")
 
 
-def time_it(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+def time_it(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()

@@ -155,6 +155,8 @@ def spectrum_along_trajectory(model: DiffusionModel, trajectory: torch.Tensor, t
     """
     if trajectory.shape[0] != ts.shape[0]:
         raise MemgeoError(f"trajectory has {trajectory.shape[0]} steps but ts has {ts.shape[0]}", "pass matching ts")
+    if every < 1:
+        raise MemgeoError(f"every={every}", "use every >= 1 (1 keeps every time point)")
     idx = list(range(0, ts.shape[0], every))
     if idx[-1] != ts.shape[0] - 1:
         idx.append(ts.shape[0] - 1)

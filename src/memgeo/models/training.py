@@ -55,6 +55,19 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def _without_steps(train_config_json: str | None) -> dict | None:
+    """A saved TrainConfig JSON as a dict without ``steps`` (the one setting a resume may change)."""
+    if train_config_json is None:
+        return None
+    try:
+        cfg = json.loads(train_config_json)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(cfg, dict):
+        cfg.pop("steps", None)
+    return cfg
+
+
 def _state_tensors(net: DiffusionModel, ema: DiffusionModel, opt: torch.optim.Optimizer,
                    gen: torch.Generator) -> dict[str, torch.Tensor]:
     out = {f"net.{k}": v for k, v in net.state_dict().items()}
@@ -99,7 +112,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
         Checkpoint folder. Every ``checkpoint_every`` steps and at the end it receives
         ``model.safetensors`` (EMA weights), ``state.safetensors`` (resume state) and ``train_log.csv``.
     resume : bool
-        Continue from ``out_dir/state.safetensors`` when it exists and its configs match.
+        Continue from ``out_dir/state.safetensors`` when it exists and its configs match (all settings
+        except ``steps``, which may be raised to extend a finished run).
 
     Returns
     -------
@@ -120,6 +134,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
 
     torch.manual_seed(cfg.seed)
     net = build_model(model_config)
+    data = data.to(dtype=next(net.parameters()).dtype)  # e.g. float64 points for a float32 net
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -130,11 +145,16 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and resume and (out / STATE_FILE).exists():
         state_meta = read_metadata(out / STATE_FILE)
-        if state_meta.get("model_config") != meta["model_config"] or state_meta.get("train_config") != meta["train_config"]:
+        # Every setting must match except ``steps``: a finished run may be extended to more steps.
+        if (state_meta.get("model_config") != meta["model_config"]
+                or _without_steps(state_meta.get("train_config")) != _without_steps(meta["train_config"])):
             raise MemgeoError(f"{out} holds a checkpoint trained with a different config",
                               "use a new --out folder or the same settings to resume")
-        _restore(load_tensors(out / STATE_FILE), net, ema, opt, gen)
         start = int(state_meta["step"])
+        if start > cfg.steps:
+            raise MemgeoError(f"{out} holds a checkpoint at step {start}, beyond steps={cfg.steps}",
+                              f"pass steps >= {start} or use a new --out folder")
+        _restore(load_tensors(out / STATE_FILE), net, ema, opt, gen)
         log_file = out / "train_log.json"
         if log_file.exists():
             log = json.loads(log_file.read_text())
@@ -153,7 +173,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
         write_json(out / "train_log.json", log)
 
     net.train()
-    running = 0.0
+    running, n_running = 0.0, 0  # n_running: losses summed since the last log entry (fewer after a resume)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="training")
     for step in bar:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
@@ -181,12 +201,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - decay)
         running += loss.item()
+        n_running += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            k = cfg.log_every if done % cfg.log_every == 0 else (done % cfg.log_every)
-            entry = {"step": done, "loss": running / k, "seconds": time.perf_counter() - t0}
+            entry = {"step": done, "loss": running / n_running, "seconds": time.perf_counter() - t0}
             log.append(entry)
-            running = 0.0
+            running, n_running = 0.0, 0
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             if on_log is not None:
                 on_log(entry)

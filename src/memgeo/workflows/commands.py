@@ -124,7 +124,8 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     out = start_run(out, cfg, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
-    res = sampler(model, torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen), steps=cfg.steps, cond=cond,
+    noise = torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen).to(model_dtype(model))
+    res = sampler(model, noise, steps=cfg.steps, cond=cond,
                   guidance=cfg.guidance, clip=(-1.0, 1.0) if cfg.clip else None, generator=gen, progress=True)
     x0 = res.x0
     write_npy(out / "samples.npy", x0.numpy())
