@@ -28,6 +28,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/sharpness_cost.py
 	$(PY) benchmarks/training_throughput.py
 

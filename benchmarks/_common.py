@@ -66,8 +66,10 @@ def machine_line(m: dict[str, Any]) -> str:
         desc += f" (family {cpu['cpu_family']}, model {cpu['model']}, {', '.join(cpu.get('simd', []))})"
     load = m.get("loadavg_at_start")
     load_s = f", load average at start {load[0]:.2f}" if load else ""
+    mm = m.get("mmap_threshold", "glibc default")
+    mm_s = f"; malloc M_MMAP_THRESHOLD {mm} bytes" if isinstance(mm, int) else "; glibc malloc defaults"
     return (f"CPU: {desc}, {cpu.get('logical_cpus')} logical CPUs{' (VM)' if cpu.get('hypervisor') else ''}; "
-            f"torch {m['torch']} with {m['torch_threads']} intra-op threads; Python {m['python']}{load_s}.")
+            f"torch {m['torch']} with {m['torch_threads']} intra-op threads; Python {m['python']}{mm_s}{load_s}.")
 
 
 def time_it(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
@@ -93,7 +95,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
-        return str(x)
+        return f"{x:,}" if abs(x) >= 10_000 else str(x)
     if isinstance(x, float):
         if x == 0:
             return "0"
@@ -118,3 +120,56 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Raise glibc's M_MMAP_THRESHOLD so that large tensors are reused from the heap, not mmap'ed per call.
+
+    With glibc's default, every allocation above the (dynamic, at most 32 MiB) threshold is mmap'ed and
+    unmapped on free, so each call of a memory-hungry kernel (``vmap(jacrev)`` through the UNet
+    allocates ~1.7 GB) pays millions of minor page faults. Same effect as the environment variable
+    ``MALLOC_MMAP_THRESHOLD_``. Returns whether the call succeeded (False off glibc).
+    """
+    if nbytes <= 0:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(nbytes)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+class Contention:
+    """CPU time other processes used while a benchmark ran (from /proc/stat minus our own os.times()).
+
+    ``other_cpus`` = their CPU seconds per wall second: 0 on an idle machine, up to the core count
+    when every core was busy elsewhere. Timings taken with other_cpus > ~0.3 on 2 cores are noisy.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        busy = sum(vals[:8]) - idle  # user nice system idle iowait irq softirq steal
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> dict[str, float | None]:
+        wall = time.perf_counter() - self.t0
+        busy1 = self._busy()
+        if busy1 is None or self.busy0 is None or wall <= 0:
+            return {"wall_s": wall, "other_cpus": None}
+        other = max(0.0, (busy1 - self.busy0) - (self._own() - self.own0))
+        return {"wall_s": wall, "other_cpus": other / wall}

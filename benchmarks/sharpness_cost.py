@@ -1,8 +1,9 @@
 """Per-sample cost of the sharpness spectrum: dense Jacobians vs matrix-free products vs Lanczos.
 
-Usage (the defaults are what docs/benchmarks.md reports)::
+Usage (the defaults are what docs/benchmarks.md reports; about 3 minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/sharpness_cost.py --dims 64 784 --batch 16 --repeats 5 --json sharpness_cost.json
+    .venv/bin/python benchmarks/sharpness_cost.py --dims 64 784 --batch 16 --repeats 5 \
+        --json benchmarks/results/sharpness_cost.json
 
 Models (random weights: the cost of a derivative product does not depend on training):
 
@@ -13,24 +14,32 @@ Models (random weights: the cost of a derivative product does not depend on trai
 Two tables are printed:
 
 1. *Products*: wall time per sample of one score evaluation (the unit), one JVP, one VJP, one
-   double-VJP (reverse-only J v), and the dense Jacobian by ``vmap(jacrev)`` / ``vmap(jacfwd)`` plus
-   ``eigvalsh`` of its symmetric part, each at batch 1 and batched over B samples. "products /
-   sample" counts Jacobian-vector products (the dense Jacobian costs D of them).
+   double-VJP (reverse-only J v) through ``ScoreJacobianOperator``, the same two reverse products
+   with their autograd graphs cached (``CachedJacobianOperator`` below, not part of memgeo), and
+   the dense Jacobian by ``score_jacobian(mode="rev")`` (``vmap(jacrev)``) / ``mode="fwd"``
+   (``vmap(jacfwd)``) plus ``eigvalsh`` of its symmetric part, each at batch 1 and batched over B
+   samples. "products / sample" counts Jacobian-vector products (a dense Jacobian is D of them);
+   "x forward" divides by the time of one plain score evaluation at the same batch size.
 2. *Top-k*: the k most negative (``--which SA``) eigenvalues of (J + J^T)/2 at one sample, by
-   ``scipy.sparse.linalg.eigsh`` on a ``LinearOperator`` over ``ScoreJacobianOperator.sym_matvec``
-   (both product modes), and, when installed, by ``hessian_eigenthings`` Lanczos and deflated power
-   iteration on the same operator, with the number of symmetric matvecs used and the maximum
-   relative error of the k eigenvalues against the dense float64 answer.
+   ``scipy.sparse.linalg.eigsh`` on a ``LinearOperator`` over ``sym_matvec`` (memgeo's operator in
+   both product modes, and the cached operator), and, when installed, by ``hessian_eigenthings``
+   Lanczos and deflated power iteration on the same operator, with the number of symmetric
+   matvecs used and the maximum relative error of the k eigenvalues against the dense answer
+   (float64 ``eigvalsh`` of the float32 Jacobian).
 
-All timings are medians of ``--repeats`` runs after one warm-up run, with ``torch.set_num_threads``
-set to ``--threads`` (default 2).
+Timings are medians of ``--repeats`` runs after two untimed warm-up calls (dense Jacobians: one
+warm-up, at most ``--dense-repeats`` runs; eigensolvers: no warm-up, at most ``--eig-repeats``),
+with ``torch.set_num_threads(--threads)`` (default 2) and everything under ``torch.no_grad()`` with
+the parameters frozen. ``--mmap-threshold`` raises glibc's M_MMAP_THRESHOLD (see the docs page).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +47,46 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import machine_facts, machine_line, markdown_table, median, time_it, write_json
-from memgeo.geometry import ScoreJacobianOperator, score_jacobian
+from _common import (Contention, machine_facts, machine_line, markdown_table, median, set_mmap_threshold, time_it,
+                     write_json)
+from memgeo.geometry import ScoreJacobianOperator, flat_score_fn, score_jacobian
 from memgeo.geometry.sharpness import spectrum_from_jacobian
 from memgeo.models import DiffusionModel, MLPConfig, MLPEps, UNetConfig, UNetEps
 
 NUM_CLASSES = 10
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+class CachedJacobianOperator:
+    """NOT part of memgeo: ``ScoreJacobianOperator(mode="vjp")`` with its autograd graphs built once.
+
+    ``torch.func.vjp`` is called once at the fixed point x and its pullback (w -> J^T w) reused for
+    every product; J v reuses, likewise, the pullback of the linear map w -> J^T w (the double-VJP
+    graph). memgeo's operator rebuilds both (a forward pass, and for J v a backward too) on every
+    call. Construction costs one forward and one backward and is timed as part of every eigensolver
+    run below. Benchmarked to show the head-room for repeated products at one point (Lanczos).
+    """
+
+    def __init__(self, model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor | None) -> None:
+        from torch.func import vjp
+
+        x = x.reshape(x.shape[0], -1).detach()
+        f = flat_score_fn(model, torch.full((x.shape[0],), float(t)), cond)
+        _, pullback = vjp(f, x)
+        _, pull_g = vjp(lambda w: pullback(w)[0], torch.zeros_like(x))
+        self._pullback, self._pull_g = pullback, pull_g
+        self.n_matvecs = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_matvecs += 1
+        return self._pull_g(v)[0]
+
+    def rmatvec(self, w: torch.Tensor) -> torch.Tensor:
+        self.n_matvecs += 1
+        return self._pullback(w)[0]
+
+    def sym_matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.matvec(v) + self.rmatvec(v))
 
 
 @dataclass
@@ -121,6 +164,19 @@ def bench_products(spec: Spec, model: DiffusionModel, args: argparse.Namespace) 
         try:
             add(method, 1, per_sample(product(mode, kind), 1), per_sample(product(mode, kind), bsz), bsz)
         except Exception as e:  # noqa: BLE001 -- a failing AD mode is a result, not a crash
+            add(method, 1, None, None, None, note=f"failed: {type(e).__name__}: {str(e)[:80]}")
+
+    # Head-room: the same products with the autograd graphs cached (not in memgeo, see CachedJacobianOperator).
+    setup = median(time_it(lambda: CachedJacobianOperator(model, x[:1], t, c[:1]), reps))
+    for method, kind in (("J v, cached double-VJP graph (not in memgeo)", "J v"),
+                         ("J^T w, cached pullback (not in memgeo)", "J^T w")):
+        def cached(b: int, kind: str = kind) -> Callable[[], Any]:
+            op = CachedJacobianOperator(model, x[:b], t, c[:b])
+            return (lambda: op.matvec(v[:b])) if kind == "J v" else (lambda: op.rmatvec(v[:b]))
+        try:
+            add(method, 1, per_sample(cached, 1), per_sample(cached, bsz), bsz,
+                note=f"plus a one-off setup of {1e3 * setup:.3g} ms at B=1")
+        except Exception as e:  # noqa: BLE001
             add(method, 1, None, None, None, note=f"failed: {type(e).__name__}: {str(e)[:80]}")
 
     # Dense Jacobians: batch 1 and (when cheap enough) a batch of spec.dense_batch samples.
@@ -203,22 +259,28 @@ def bench_topk(spec: Spec, model: DiffusionModel, args: argparse.Namespace, fast
                  "rel_gap_k": float(abs(next_ - kth) / (evals[-1] - evals[0])),
                  "note": f"gap(λ_k, λ_k+1) / spread = {abs(next_ - kth) / (evals[-1] - evals[0]):.1e}"})
 
-    for mode in ("jvp", "vjp"):
-        op = ScoreJacobianOperator(model, x, t, c, mode=mode)
+    variants: list[tuple[str, Callable[[], Any]]] = [
+        ("products via jvp", lambda: ScoreJacobianOperator(model, x, t, c, mode="jvp")),
+        ("products via vjp", lambda: ScoreJacobianOperator(model, x, t, c, mode="vjp")),
+        ("cached VJP graphs (not in memgeo; setup included)",
+         lambda: CachedJacobianOperator(model, x, t, c)),
+    ]
+    for mode, make_op in variants:
         count = [0]
+        holder: dict[str, Any] = {}
 
-        def mv(vec: np.ndarray, op: ScoreJacobianOperator = op) -> np.ndarray:
+        def mv(vec: np.ndarray) -> np.ndarray:
             count[0] += 1
             vt = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float64).reshape(1, d)).float()
-            return op.sym_matvec(vt).double().numpy().reshape(-1)
+            return holder["op"].sym_matvec(vt).double().numpy().reshape(-1)
 
         lin = LinearOperator((d, d), matvec=mv, dtype=np.float64)
         found: list[np.ndarray] = []
         ok = [True]
 
-        def run() -> None:
+        def run(make_op: Callable[[], Any] = make_op) -> None:
             count[0] = 0
-            op.n_matvecs = 0
+            holder["op"] = make_op()  # timed: matters only for the cached variant
             try:
                 w = eigsh(lin, k=k, which=which, tol=args.tol, v0=v0, maxiter=args.eigsh_maxiter,
                           return_eigenvectors=False)
@@ -229,13 +291,13 @@ def bench_topk(spec: Spec, model: DiffusionModel, args: argparse.Namespace, fast
 
         try:
             secs = time_it(run, reps, warmup=0)
-            rows.append({**base, "method": f"scipy eigsh (ARPACK), products via {mode}", "which": which,
-                         "matvecs": count[0], "products": op.n_matvecs, "ms": 1e3 * median(secs),
+            rows.append({**base, "method": f"scipy eigsh (ARPACK), {mode}", "which": which,
+                         "matvecs": count[0], "products": holder["op"].n_matvecs, "ms": 1e3 * median(secs),
                          "ms_per_matvec": 1e3 * median(secs) / max(count[0], 1),
                          "max_rel_err": max_rel_err(found[-1], ref), "converged": ok[0],
                          "topk": np.sort(found[-1]).tolist()})
         except Exception as e:  # noqa: BLE001
-            rows.append({**base, "method": f"scipy eigsh, products via {mode}", "which": which,
+            rows.append({**base, "method": f"scipy eigsh, {mode}", "which": which,
                          "note": f"failed: {type(e).__name__}: {str(e)[:80]}"})
 
     try:
@@ -297,19 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--he-power-iters", type=int, default=20,
                    help="power iterations per eigenpair (default 20: k * 20 = the Lanczos budget)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="set glibc M_MMAP_THRESHOLD to this many bytes (e.g. 1073741824); 0 = glibc default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     machine = machine_facts()
+    machine["mmap_threshold"] = args.mmap_threshold if set_mmap_threshold(args.mmap_threshold) else "glibc default"
     t_start = time.perf_counter()
+    contention = Contention()
     prod_rows: list[dict] = []
     topk_rows: list[dict] = []
     extras: dict[str, Any] = {}
     with torch.no_grad():
         for spec in model_specs(args):
             torch.manual_seed(args.seed)
+            per_model = Contention()
             model = spec.build().eval().requires_grad_(False)
             print(f"[{time.perf_counter() - t_start:6.1f}s] {spec.name}: products and dense Jacobians",
                   file=sys.stderr, flush=True)
@@ -325,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             full = next((r for r in rows if r["method"].startswith("= full spectrum")), None)
             topk_rows += bench_topk(spec, model, args, fast, full["ms_b1"] if full else None,
                                     extra.pop("sample0"))
+            extra.update({f"{k}_this_model": v for k, v in per_model.stop().items()})
     total = time.perf_counter() - t_start
+    machine["loadavg_at_end"] = os.getloadavg()
+    machine["other_processes_cpus"] = contention.stop()["other_cpus"]
 
     print(f"## Sharpness spectrum cost per sample (t = {args.t}, B = {args.batch}, median of {args.repeats})\n")
     print(machine_line(machine) + "\n")
@@ -340,7 +410,14 @@ def main(argv: list[str] | None = None) -> int:
                                      ("ms", "ms"), ("ms_per_matvec", "ms / sym matvec"),
                                      ("max_rel_err", "max rel err vs dense"),
                                      ("converged", "converged"), ("note", "note")]))
-    print(f"\nextras: {extras}\ntotal wall time {total:.0f} s")
+    print()
+    for name, e in extras.items():
+        print(f"- {name}: wall {e.get('wall_s_this_model', 0):.0f} s, other processes used "
+              f"{e.get('other_cpus_this_model') or 0:.2f} CPUs; dense jacrev vs jacfwd max rel diff "
+              f"{e.get('dense_rev_vs_fwd_max_rel', float('nan')):.1e}; hessian-eigenthings products via "
+              f"{e.get('hessian_eigenthings_product_mode')}")
+    print(f"\ntotal wall time {total:.0f} s; load average at end {machine['loadavg_at_end'][0]:.2f}; "
+          f"other processes used {machine['other_processes_cpus'] or 0:.2f} CPUs on average")
     if args.json:
         write_json(args.json, {"benchmark": "sharpness_cost", "args": vars(args), "machine": machine,
                                "products": prod_rows, "topk": topk_rows, "extras": extras,

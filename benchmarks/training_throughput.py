@@ -1,8 +1,8 @@
 """Training and sampling throughput of memgeo's models on this machine.
 
-Usage (the defaults are what docs/benchmarks.md reports)::
+Usage (the defaults are what docs/benchmarks.md reports; about 1.5 minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/training_throughput.py --json training_throughput.json
+    .venv/bin/python benchmarks/training_throughput.py --json benchmarks/results/training_throughput.json
 
 For each model, ``memgeo.models.train`` (no ``out_dir``, progress off) runs ``--warmup`` steps plus
 the measured steps on synthetic data (uniform in [-1, 1], 10 classes: throughput does not depend on
@@ -25,6 +25,7 @@ Models (all class-conditional with 10 classes, as in the demo):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from typing import Any
 
 import torch
 
-from _common import machine_facts, machine_line, markdown_table, median, time_it, write_json
+from _common import (Contention, machine_facts, machine_line, markdown_table, median, set_mmap_threshold, time_it,
+                     write_json)
 from memgeo.models import MLPConfig, ModelConfig, TrainConfig, UNetConfig, sample_ddim, train
 
 NUM_CLASSES = 10
@@ -130,31 +132,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-sample-batch", type=int, default=32, help="images per DDIM call for the UNet")
     p.add_argument("--sample-repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="set glibc M_MMAP_THRESHOLD to this many bytes (e.g. 1073741824); 0 = glibc default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     machine = machine_facts()
+    machine["mmap_threshold"] = args.mmap_threshold if set_mmap_threshold(args.mmap_threshold) else "glibc default"
     t_start = time.perf_counter()
+    contention = Contention()
     rows = []
     for spec in specs(args):
         print(f"[{time.perf_counter() - t_start:6.1f}s] {spec.name}", file=sys.stderr, flush=True)
+        per_model = Contention()
         rows.append(bench_one(spec, args))
+        rows[-1]["other_cpus"] = per_model.stop()["other_cpus"]
     total = time.perf_counter() - t_start
+    machine["loadavg_at_end"] = os.getloadavg()
+    machine["other_processes_cpus"] = contention.stop()["other_cpus"]
 
     print(f"## Training throughput (memgeo.models.train, median over {args.chunk}-step chunks)\n")
     print(machine_line(machine) + "\n")
     print(markdown_table(rows, [("model", "model"), ("params", "parameters"), ("batch", "batch"),
                                 ("measured_steps", "measured steps"), ("steps_per_s", "steps/s"),
                                 ("samples_per_s", "samples/s"), ("ms_per_step", "ms/step"),
-                                ("steps_per_s_overall", "steps/s (overall)")]))
+                                ("steps_per_s_overall", "steps/s (overall)"),
+                                ("other_cpus", "other processes' CPUs")]))
     print(f"\n## Sampling throughput (DDIM {args.sample_steps} steps, guidance 1, median of "
           f"{args.sample_repeats})\n")
     print(markdown_table(rows, [("model", "model"), ("sample_batch", "batch"), ("net_evals", "network evals"),
                                 ("sample_s", "s / batch"), ("images_per_s", "images/s"),
                                 ("ms_per_eval", "ms / batched eval")]))
-    print(f"\ntotal wall time {total:.0f} s")
+    print(f"\ntotal wall time {total:.0f} s; load average at end {machine['loadavg_at_end'][0]:.2f}; "
+          f"other processes used {machine['other_processes_cpus'] or 0:.2f} CPUs on average")
     if args.json:
         write_json(args.json, {"benchmark": "training_throughput", "args": vars(args), "machine": machine,
                                "rows": rows, "total_seconds": total})

@@ -81,11 +81,14 @@ def score_jacobian(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | flo
         return model.score(xi.reshape((1,) + shape), ti[None], c).reshape(-1)
 
     jac = jacrev if mode == "rev" else jacfwd
+    # torch.func ignores an outer no_grad for its own transforms but it stops ordinary autograd from
+    # also recording a graph over trainable parameters, which costs time and memory for nothing.
     per_sample = vmap(jac(single), in_dims=(0, 0, 0 if has_cond else None))
     out = []
-    for s in range(0, b, chunk_size):
-        e = min(s + chunk_size, b)
-        out.append(per_sample(xf[s:e], tt[s:e], cond[s:e] if has_cond else None).detach())
+    with torch.no_grad():
+        for s in range(0, b, chunk_size):
+            e = min(s + chunk_size, b)
+            out.append(per_sample(xf[s:e], tt[s:e], cond[s:e] if has_cond else None).detach())
     return torch.cat(out)
 
 
@@ -137,16 +140,18 @@ class ScoreJacobianOperator:
         """J v, shape (B, D)."""
         v = self._check(v)
         self.n_matvecs += 1
-        if self.mode == "jvp":
-            return jvp(self.f, (self.x,), (v,))[1].detach()
-        return self._jv_by_double_vjp(v)
+        with torch.no_grad():
+            if self.mode == "jvp":
+                return jvp(self.f, (self.x,), (v,))[1].detach()
+            return self._jv_by_double_vjp(v)
 
     def rmatvec(self, w: torch.Tensor) -> torch.Tensor:
         """J^T w, shape (B, D)."""
         w = self._check(w)
         self.n_matvecs += 1
-        _, pullback = vjp(self.f, self.x)
-        return pullback(w)[0].detach()
+        with torch.no_grad():
+            _, pullback = vjp(self.f, self.x)
+            return pullback(w)[0].detach()
 
     def sym_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """Symmetric part ((J + J^T) / 2) v, shape (B, D); two products."""
