@@ -22,8 +22,8 @@ from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization import label_copies
 from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load_model_spec, train
 from memgeo.models.base import NULL_CLASS, DiffusionModel, model_dtype
-from memgeo.report import Report, image_grid, save_figure, scatter_plot, spectra_plot
-from memgeo.workflows.common import say, start_run
+from memgeo.report import Report, image_grid, scatter_plot, spectra_plot
+from memgeo.workflows.common import figure_to_report, say, start_run
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -71,8 +71,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
     if res.log:
         fig = scatter_plot(np.array([r["step"] for r in res.log]), np.array([r["loss"] for r in res.log]),
                            xlabel="step", ylabel="denoising loss", title="Training loss", logy=True)
-        save_figure(fig, out / "figures" / "loss.png")
-        report.add_figure((out / "figures" / "loss.png").read_bytes(), heading="Loss")
+        figure_to_report(report, fig, out / "figures" / "loss.png", heading="Loss")
     if cfg.preview_samples:
         gen = torch.Generator().manual_seed(cfg.train.seed)
         k = cfg.preview_samples
@@ -80,8 +79,8 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
         x0 = get_sampler("ddim")(res.model, torch.randn((k,) + tuple(ds.data_shape), generator=gen), steps=50,
                                  cond=cond).x0
         if len(ds.data_shape) == 3:
-            save_figure(image_grid(x0.clamp(-1, 1).numpy(), title="Preview samples"), out / "figures" / "preview.png")
-            report.add_figure((out / "figures" / "preview.png").read_bytes(), heading="Preview samples")
+            figure_to_report(report, image_grid(x0.clamp(-1, 1).numpy(), title="Preview samples"),
+                             out / "figures" / "preview.png", heading="Preview samples")
     write_json(out / "summary.json", summary)
     report.add_json(cfg, heading="Resolved config")
     report.write(out / "report.html")
@@ -143,10 +142,9 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     write_json(out / "summary.json", summary)
     report.add_metrics(summary, heading="Summary")
     if len(model.data_shape) == 3:
-        save_figure(image_grid(x0[:64].numpy(), highlight=None if is_copy is None else is_copy[:64],
-                               title="Samples" + (" (red: copy)" if is_copy is not None else "")),
-                    out / "figures" / "samples.png")
-        report.add_figure((out / "figures" / "samples.png").read_bytes(), heading="Samples")
+        figure_to_report(report, image_grid(x0[:64].numpy(), highlight=None if is_copy is None else is_copy[:64],
+                                            title="Samples" + (" (red: copy)" if is_copy is not None else "")),
+                         out / "figures" / "samples.png", heading="Samples")
     report.add_table(rows, heading="Per-sample")
     report.add_json(cfg, heading="Resolved config")
     report.write(out / "report.html")
@@ -220,9 +218,9 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
                "mean_n_positive": float(res.n_positive.float().mean()), "mean_asymmetry": float(res.asymmetry.mean())}
     report = Report("memgeo sharpness", subtitle=f"{cfg.model} at t={t:.4f} (sigma={float(res.sigma[0]):.4f})")
     report.add_metrics(summary, heading="Summary")
-    save_figure(spectra_plot({"points": res.eigenvalues_sigma2.numpy()}, title="Hessian spectra (lambda sigma^2)"),
-                out / "figures" / "spectra.png")
-    report.add_figure((out / "figures" / "spectra.png").read_bytes(), heading="Spectra")
+    figure_to_report(report, spectra_plot({"points": res.eigenvalues_sigma2.numpy()},
+                                          title="Hessian spectra (lambda sigma^2)"),
+                     out / "figures" / "spectra.png", heading="Spectra")
     report.add_table(res.summary_rows(), heading="Per point")
     report.add_json(cfg, heading="Resolved config")
     report.write(out / "report.html")

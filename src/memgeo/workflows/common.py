@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
 from memgeo.io import provenance, write_json
 from memgeo.memorization import evaluate_detector
+from memgeo.report import Report, save_figure
 
 
 def say(msg: str) -> None:
@@ -43,3 +46,20 @@ def evaluate_or_reason(scores: np.ndarray, labels: np.ndarray, name: str, seed: 
 def prefixed(d: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """``{prefix + key: value}`` for flat per-sample CSV columns."""
     return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def figure_to_report(report: Report, fig: Figure, path: Path, *, caption: str | None = None,
+                     heading: str | None = None) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (atomically) and embed the same image in ``report``."""
+    save_figure(fig, path)
+    report.add_figure(path.read_bytes(), caption=caption, heading=heading)
+    return path
+
+
+def masked_mean(values: torch.Tensor | np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean of ``values[mask]`` as a float, or ``None`` when the mask selects nothing."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return float(v[mask].astype(float).mean())

@@ -18,41 +18,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgeo.data import Dataset, load_dataset, make_toy2d, replace_class_with_copies
+from memgeo.data import Dataset, load_dataset, replace_class_with_copies
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum, spectrum_along_trajectory
 from memgeo.io import write_csv, write_json, write_npy
-from memgeo.memorization import COPY_CRITERIA, label_copies, roc_curve
+from memgeo.memorization import COPY_CRITERIA, label_copies
 from memgeo.models import MLPConfig, SampleResult, TrainConfig, VPSchedule, get_sampler, train
 from memgeo.models.base import DiffusionModel
-from memgeo.report import (
-    Report,
-    field_plot_2d,
-    image_grid,
-    roc_plot,
-    save_figure,
-    score_histogram,
-    spectra_plot,
-    trajectory_spectrum_plot,
-)
-from memgeo.workflows.common import evaluate_or_reason, say, start_run
-
-
-class ToyConfig(BaseModel):
-    """The 2-D illustration: four blobs plus one point duplicated ``n_duplicates`` times."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    n: int = Field(2000, ge=10)
-    n_duplicates: int = Field(400, ge=2)
-    hidden: int = 256
-    depth: int = 3
-    steps: int = Field(3000, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    n_samples: int = Field(400, ge=2)
-    t_field: float = Field(0.02, gt=0, le=1)
-    memorized_radius: float = Field(0.05, gt=0, description="a sample this close to the duplicate is memorized")
+from memgeo.report import Report
+from memgeo.workflows.common import evaluate_or_reason, masked_mean, say, start_run
+from memgeo.workflows.demo_report import write_demo_figures
+from memgeo.workflows.toy import ToyConfig, run_toy
 
 
 class DemoConfig(BaseModel):
@@ -66,7 +42,7 @@ class DemoConfig(BaseModel):
     copies: int | None = Field(None, ge=1, description="copies of the memorized image; default: class size")
     fraction: float = Field(1.0, gt=0, le=1, description="share of the class replaced by copies")
     source_index: int | None = None
-    hidden: int | None = Field(None, ge=8, description="MLP width; default 256 for D <= 256, else 512")
+    hidden: int | None = Field(None, ge=8, description="MLP width; default 256 for D <= 256, else the next power of two >= D")
     depth: int = Field(3, ge=1)
     train: TrainConfig = TrainConfig(steps=4000, batch_size=256, lr=1e-3, checkpoint_every=1000, log_every=200)
     n_samples: int = Field(100, ge=2, description="generations per class")
@@ -82,7 +58,11 @@ class DemoConfig(BaseModel):
     seed: int = 0
 
     def resolved_hidden(self, dim: int) -> int:
-        return self.hidden if self.hidden is not None else (256 if dim <= 256 else 512)
+        """MLP width: at least D by default, because a hidden layer narrower than D cannot pass the
+        noise through at small t (a 512-wide MLP on 784-D MNIST plateaued at loss 0.40)."""
+        if self.hidden is not None:
+            return self.hidden
+        return 256 if dim <= 256 else 1 << (dim - 1).bit_length()  # next power of two >= D
 
 
 def _validate(cfg: DemoConfig, ds: Dataset) -> None:
@@ -106,65 +86,6 @@ def _sample(model: DiffusionModel, cfg: DemoConfig, cond: torch.Tensor, seed: in
     noise = torch.randn((cond.shape[0],) + tuple(model.data_shape), generator=gen)
     return get_sampler(cfg.sampler)(model, noise, steps=cfg.sample_steps, cond=cond, guidance=cfg.guidance,
                                     clip=(-1.0, 1.0), generator=gen, return_trajectory=True, progress=True)
-
-
-def run_toy(cfg: ToyConfig, out: Path, seed: int, report: Report) -> dict[str, Any]:
-    """Train an unconditional MLP on the 2-D toy, sample it and contrast a memorized with a generalizing sample."""
-    ds = make_toy2d(n=cfg.n, n_duplicates=cfg.n_duplicates, seed=seed)
-    dup_point = torch.as_tensor(ds.meta["duplicate_point"], dtype=torch.float32)
-    say(f"toy: training a 2-D MLP on {ds.n} points ({cfg.n_duplicates} copies of {dup_point.tolist()})")
-    res = train(MLPConfig(data_shape=(2,), hidden=cfg.hidden, depth=cfg.depth),
-                TrainConfig(steps=cfg.steps, batch_size=256, lr=cfg.lr, checkpoint_every=max(cfg.steps // 3, 1),
-                            log_every=max(cfg.steps // 10, 1), seed=seed),
-                ds.x, None, out / "toy_model", progress=True)
-    model = res.model
-    gen = torch.Generator().manual_seed(seed + 1)
-    s = get_sampler("ddim")(model, torch.randn(cfg.n_samples, 2, generator=gen), steps=100,
-                            return_trajectory=True)
-    x0 = s.x0
-    # In 2-D, nearest-neighbour ratios flag random blob samples too, so "memorized" here means
-    # "ended within memorized_radius (a third of the blob std) of the duplicated point".
-    at_dup = np.linalg.norm(x0.numpy() - dup_point.numpy(), axis=1) < cfg.memorized_radius
-    sharp = sharpness_spectrum(model, x0, cfg.t_field)
-    metrics: dict[str, Any] = {
-        "toy_fraction_at_duplicate": float(at_dup.mean()),
-        "toy_training_share_of_duplicate": cfg.n_duplicates / ds.n,
-        "toy_mean_sharpness_at_duplicate": float(sharp.sharpness[torch.as_tensor(at_dup)].mean()) if at_dup.any() else None,
-        "toy_mean_sharpness_elsewhere": float(sharp.sharpness[torch.as_tensor(~at_dup)].mean()) if (~at_dup).any() else None,
-        "toy_auroc_sharpness": evaluate_or_reason(sharp.sharpness.numpy(), at_dup, "toy sharpness")["auroc"],
-    }
-    # Score field of the learned model and the exact smoothed data density at t_field.
-    g = torch.linspace(-1.3, 1.3, 41)
-    gx, gy = torch.meshgrid(g, g, indexing="xy")
-    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-    with torch.no_grad():
-        sc = model.score(grid, cfg.t_field).reshape(41, 41, 2)
-    sch = model.schedule
-    psi, s2 = float(sch.sqrt_alpha_bar(cfg.t_field)), float(sch.sigma(cfg.t_field)) ** 2
-    logd = torch.logsumexp(-((grid[:, None] - psi * ds.x[None]) ** 2).sum(-1) / (2 * s2), 1).reshape(41, 41)
-    fig = field_plot_2d(g.numpy(), g.numpy(), logd.numpy(), sc[..., 0].numpy(), sc[..., 1].numpy(),
-                        ds.unique().x.numpy(), dup_point.numpy(), x0.numpy(),
-                        title=f"2-D toy: learned score at t={cfg.t_field} over the smoothed data density")
-    save_figure(fig, out / "figures" / "toy_field.png")
-    report.add_figure((out / "figures" / "toy_field.png").read_bytes(), heading="2-D toy: duplicated point",
-                      caption="Heat map: log-density of the training data smoothed to t. Arrows: the trained model's "
-                              "score. Star: the point duplicated in training. Crosses: generated samples.")
-    # Eigenvalue evolution along the trajectory: one sample ending at the duplicate, one in a blob.
-    picks = {}
-    if at_dup.any():
-        picks["memorized (ends at duplicate)"] = int(np.flatnonzero(at_dup)[0])
-    if (~at_dup).any():
-        picks["generalizing (ends in a blob)"] = int(np.flatnonzero(~at_dup)[0])
-    idx = torch.tensor(list(picks.values()))
-    ts, ev = spectrum_along_trajectory(model, s.trajectory[:, idx], s.ts, every=5)
-    fig = trajectory_spectrum_plot(ts.numpy(), {k: ev[:, j].numpy() for j, k in enumerate(picks)},
-                                   title="2-D toy: Hessian eigenvalues (lambda sigma^2) along the DDIM trajectory")
-    save_figure(fig, out / "figures" / "toy_trajectory.png")
-    report.add_figure((out / "figures" / "toy_trajectory.png").read_bytes(),
-                      caption="At the memorized sample both eigenvalues approach -1 (a point mass) as t -> 0; "
-                              "the generalizing sample keeps eigenvalues near 0 (flat directions of a blob).")
-    write_npy(out / "toy_samples.npy", x0.numpy())
-    return metrics
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
@@ -243,12 +164,9 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         "headline_sigma": float(head.sigma[0]),
         "copy_criterion": copies.summary(),
         "n_generations": int(x0.shape[0]),
-        "mean_sharpness": {
-            "copies": float(head.sharpness[torch.as_tensor(is_copy)].mean()) if is_copy.any() else None,
-            "non_copies": float(head.sharpness[torch.as_tensor(~is_copy)].mean()) if (~is_copy).any() else None},
-        "mean_n_flat": {
-            "copies": float(head.n_flat[torch.as_tensor(is_copy)].float().mean()) if is_copy.any() else None,
-            "non_copies": float(head.n_flat[torch.as_tensor(~is_copy)].float().mean()) if (~is_copy).any() else None},
+        "mean_sharpness": {"copies": masked_mean(head.sharpness, is_copy),
+                           "non_copies": masked_mean(head.sharpness, ~is_copy)},
+        "mean_n_flat": {"copies": masked_mean(head.n_flat, is_copy), "non_copies": masked_mean(head.n_flat, ~is_copy)},
         "mean_asymmetry": float(head.asymmetry.mean()),
         "detection": detection,
         "injection": inj,
@@ -282,8 +200,6 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     timings["trajectory_s"] = time.perf_counter() - t0
     write_json(out / "trajectory_spectra.json", {"t": ts.tolist(), **{k: ev[:, j].tolist() for j, k in enumerate(picks)}})
 
-    # Figures and report.
-    figs = out / "figures"
     report.add_text(
         f"Training set: {cfg.data}, class {cfg.memorize_class} had {inj.get('n_replaced', '?')} of its images "
         f"replaced by {inj.get('n_copies')} copies of image #{inj.get('source_index')}; class {cfg.control_class} is "
@@ -297,40 +213,8 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
                        heading="Headline metrics")
     report.add_table([{"score": k, **{kk: vv for kk, vv in v.items() if kk != "name"}} for k, v in detection.items()],
                      heading="Detection of copies by each score and noise level")
-    order = np.argsort(~is_copy, kind="stable")[:32]
-    save_figure(image_grid(x0[order].numpy(), titles=[f"{int(cond[i])}{' copy' if is_copy[i] else ''}" for i in order],
-                           highlight=is_copy[order], title="Generations (red border: copy)"), figs / "samples.png")
-    mem_idx = np.flatnonzero(is_mem)[:16]
-    ctl_idx = np.flatnonzero(~is_mem)[:16]
-    save_figure(image_grid(x0[np.r_[mem_idx, ctl_idx]].numpy(), highlight=is_copy[np.r_[mem_idx, ctl_idx]],
-                           title=f"First 16 of class {cfg.memorize_class} (top), class {cfg.control_class} (bottom)"),
-                figs / "samples_by_class.png")
-    save_figure(spectra_plot({"copies": head.eigenvalues_sigma2[torch.as_tensor(is_copy)].numpy(),
-                              "non-copies": head.eigenvalues_sigma2[torch.as_tensor(~is_copy)].numpy()},
-                             title=f"Hessian spectra at t={cfg.headline_t} (sigma={float(head.sigma[0]):.3f})"),
-                figs / "spectra.png")
-    save_figure(score_histogram({"copies": head.sharpness.numpy()[is_copy],
-                                 "non-copies": head.sharpness.numpy()[~is_copy]},
-                                xlabel="sharpness = -mean(lambda sigma^2)", title="Sharpness by ground truth"),
-                figs / "sharpness_hist.png")
-    curves = {}
-    for t, res in spectra.items():
-        if 0 < is_copy.sum() < len(is_copy):
-            fpr, tpr, _ = roc_curve(res.sharpness.numpy(), is_copy)
-            curves[f"t={t}"] = (fpr, tpr, detection[f"sharpness@t={t}"]["auroc"])
-    if curves:
-        save_figure(roc_plot(curves, title="ROC of sharpness for detecting copies"), figs / "roc.png")
-    save_figure(trajectory_spectrum_plot(ts.numpy(), {k: ev[:, j].numpy() for j, k in enumerate(picks)},
-                                         title="Hessian eigenvalues along the sampling trajectory"),
-                figs / "trajectory.png")
-    for name, cap in [("samples_by_class.png", "Generations; red border = copy of a training image."),
-                      ("spectra.png", "Sorted eigenvalues lambda sigma^2 of each generation; copies sit near -1 "
-                                      "(point mass) in every direction, non-copies keep flat directions (> -1/2)."),
-                      ("sharpness_hist.png", "Sharpness score of copies vs non-copies."),
-                      ("roc.png", "ROC curves of the sharpness score at each noise level."),
-                      ("trajectory.png", "Evolution of the spectrum along DDIM sampling for one copy and one non-copy.")]:
-        if (figs / name).exists():
-            report.add_figure((figs / name).read_bytes(), caption=cap, heading=name.removesuffix(".png").replace("_", " "))
+    write_demo_figures(report, out / "figures", cfg, x0=x0, cond=cond, is_copy=is_copy, is_mem=is_mem,
+                       spectra=spectra, detection=detection, trajectory=(ts, ev, list(picks)))
 
     if cfg.toy.enabled:
         t0 = time.perf_counter()
