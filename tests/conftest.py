@@ -6,9 +6,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to CPU contention; restore afterwards.
+
+    Also checks that no test in the module leaked a change of torch's global default dtype.
+    """
+    n = torch.get_num_threads()
+    dtype = torch.get_default_dtype()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    assert torch.get_default_dtype() == dtype, "a test changed the global default dtype"
 
 
 @pytest.fixture

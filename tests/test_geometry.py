@@ -41,18 +41,10 @@ from memgeo.models import (
 F64 = torch.float64
 
 # torch emits this once, when forward-mode AD first loads its decompositions; it is not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("single_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU contention; restore afterwards."""
-    n = torch.get_num_threads()
-    dtype = torch.get_default_dtype()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    assert torch.get_default_dtype() == dtype, "a test changed the global default dtype"
 
 
 def _gaussian(singular: bool) -> tuple[GaussianScore, torch.Tensor]:

@@ -46,15 +46,7 @@ from memgeo.models.sampling import ddim_step, time_grid
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU contention; restore afterwards."""
-    n = torch.get_num_threads()
-    dtype = torch.get_default_dtype()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    assert torch.get_default_dtype() == dtype, "a test changed the global default dtype"
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _gauss_params(singular: bool) -> tuple[torch.Tensor, torch.Tensor]:
