@@ -1,0 +1,54 @@
+"""The contract every local-intrinsic-dimension estimator follows, and the shared registry.
+
+Two kinds of estimators:
+
+* model-based (``needs_model = True``): ``estimate(model, x, cond=None) -> (B,)`` reads the LID of
+  the model's learned distribution at the points x (LID_model), e.g. :class:`~memgeo.geometry.lid.FLIPD`;
+* data-based (``needs_model = False``): ``fit(reference)`` once, then ``estimate(x) -> (M,)`` reads
+  the LID of a data set around query points (LID_data), e.g. local PCA.
+
+Hyper-parameters go in ``__init__`` and nothing expensive happens there. To add an estimator,
+subclass :class:`LIDEstimator`, give it a unique ``name`` and call :func:`register`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from memgeo.errors import MemgeoError
+
+
+class LIDEstimator:
+    """Base class. Subclasses set ``name`` and ``needs_model`` and implement ``estimate``."""
+
+    name: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = True
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__`` (for configs and reports)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+LID_ESTIMATORS: dict[str, type[LIDEstimator]] = {}
+
+
+def register(cls: type[LIDEstimator]) -> type[LIDEstimator]:
+    """Class decorator adding an estimator to :data:`LID_ESTIMATORS` under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    LID_ESTIMATORS[cls.name] = cls
+    return cls
+
+
+def get_lid_estimator(name: str, **params: Any) -> LIDEstimator:
+    """Instantiate a registered estimator by name with hyper-parameters."""
+    if name not in LID_ESTIMATORS:
+        raise MemgeoError(f"unknown LID estimator {name!r}", f"choose one of: {', '.join(sorted(LID_ESTIMATORS))}")
+    try:
+        return LID_ESTIMATORS[name](**params)
+    except TypeError as exc:
+        raise MemgeoError(f"bad options for LID estimator {name!r} ({exc})", "see its docstring") from exc

@@ -1,0 +1,211 @@
+"""Matrix-free trace estimation with confidence intervals, batched over samples.
+
+Every estimator sees the operator only through ``matvec``, which maps a batch of vectors
+(B, D), one per sample, to (A_b v_b)_b, shape (B, D). One call is one "matvec" in the cost
+accounting, whatever B is: the B samples always advance together, so there is no Python loop over
+samples, only over probes.
+
+Methods
+-------
+* ``"exact"``: tr(A_b) = sum_i e_i^T A_b e_i with D unit vectors (D matvecs). No variance.
+* ``"hutchinson"``: tr(A) = E[v^T A v] for probes with E[v v^T] = I (Rademacher or Gaussian).
+  The per-probe values are i.i.d., so a Student-t interval over them is the natural CI.
+  Rademacher probes have variance 2 sum_{i != j} A_ij^2 against 2 ||A||_F^2 for Gaussian ones,
+  so they are much better when the diagonal dominates (the FLIPD case, see DESIGN section 3).
+* ``"hutch++"`` (Meyer, Musco, Musco & Woodruff 2021): spend a third of the budget on a sketch
+  A S, take an orthonormal basis Q of it, compute tr(Q^T A Q) exactly (another third) and run
+  Hutchinson on the deflated operator (I - QQ^T) A (I - QQ^T) with the last third. The top of the
+  spectrum, which dominates Hutchinson's variance for decaying spectra, is removed exactly; the CI
+  comes from the residual probe values only, because the exact part is deterministic given Q.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from scipy import stats
+
+from memgeo.errors import MemgeoError, check_choice
+
+TRACE_METHODS = ("exact", "hutchinson", "hutch++")
+PROBES = ("rademacher", "gaussian")
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TraceEstimate:
+    """Per-sample trace estimates.
+
+    Attributes
+    ----------
+    mean : Tensor, shape (B,)
+        Estimate of tr(A_b) for each sample b.
+    ci_low, ci_high : Tensor, shape (B,)
+        Ends of the two-sided ``level`` confidence interval (both equal ``mean`` for ``"exact"``).
+    n_matvecs : int
+        Batched operator applications used; each acts on all B samples at once.
+    method : str
+        One of :data:`TRACE_METHODS`.
+    level : float
+        Confidence level of the interval, e.g. 0.95.
+    """
+
+    mean: torch.Tensor
+    ci_low: torch.Tensor
+    ci_high: torch.Tensor
+    n_matvecs: int
+    method: str
+    level: float
+
+    @property
+    def half_width(self) -> torch.Tensor:
+        """(B,) half the width of the confidence interval."""
+        return 0.5 * (self.ci_high - self.ci_low)
+
+
+def draw_probes(batch: int, dim: int, probe: str = "rademacher", *, generator: torch.Generator | None = None,
+                dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Random probe vectors with E[v v^T] = I, shape (B, D).
+
+    Parameters
+    ----------
+    batch, dim : int
+        Number of samples B and dimension D.
+    probe : {"rademacher", "gaussian"}
+        Rademacher entries are +-1 with equal probability; Gaussian entries are N(0, 1).
+    generator : torch.Generator, optional
+        Source of randomness. Probes are drawn on the generator's device and then moved to
+        ``device``, so a CPU generator gives the same probes on every device.
+    dtype : torch.dtype
+    device : torch.device or str, optional
+
+    Returns
+    -------
+    Tensor, shape (B, D)
+    """
+    check_choice(probe, PROBES, "probe distribution")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    if probe == "rademacher":
+        v = torch.randint(0, 2, (batch, dim), generator=generator, device=gen_device).to(dtype) * 2 - 1
+    else:
+        v = torch.randn((batch, dim), generator=generator, device=gen_device, dtype=dtype)
+    return v.to(device=device if device is not None else gen_device)
+
+
+def _apply(matvec: Matvec, v: torch.Tensor) -> torch.Tensor:
+    """Call ``matvec`` and check that it kept the (B, D) shape, casting back to v's dtype."""
+    out = matvec(v)
+    if not isinstance(out, torch.Tensor) or out.shape != v.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MemgeoError(f"matvec returned {got} for a vector batch of shape {tuple(v.shape)}",
+                          "make matvec map (B, D) to (B, D), one vector per sample")
+    return out.to(dtype=v.dtype, device=v.device)
+
+
+def _t_interval(values: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and Student-t interval over the first axis of ``values`` (n, B) -> three (B,) tensors."""
+    n = values.shape[0]
+    mean = values.mean(0)
+    se = values.std(0, unbiased=True) / n ** 0.5
+    q = float(stats.t.ppf(0.5 + level / 2, df=n - 1))
+    return mean, mean - q * se, mean + q * se
+
+
+def _check_int(value: int, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MemgeoError(f"{name} must be an integer >= {minimum}, got {value!r}", f"pass {name} >= {minimum}")
+
+
+def estimate_trace(matvec: Matvec, batch: int, dim: int, *, method: str = "hutchinson", n_probes: int = 16,
+                   probe: str = "rademacher", level: float = 0.95, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32, device=None) -> TraceEstimate:
+    """Estimate tr(A_b) for a batch of implicit D x D operators.
+
+    Parameters
+    ----------
+    matvec : callable
+        Maps a vector batch V of shape (B, D) to (A_b V[b])_b of shape (B, D). ``A_b`` need not be
+        symmetric.
+    batch : int
+        Number of samples B.
+    dim : int
+        Dimension D of every operator.
+    method : {"exact", "hutchinson", "hutch++"}
+        See the module docstring.
+    n_probes : int
+        Matvec budget of the stochastic methods. For ``"hutchinson"`` it is the number of probes
+        (>= 2). For ``"hutch++"`` it is the total number of matvecs (>= 4): ``k = n_probes // 3``
+        sketch matvecs, ``k`` for the exact part and ``n_probes - 2k`` residual probes.
+        Ignored by ``"exact"``.
+    probe : {"rademacher", "gaussian"}
+        Distribution of the probe (and Hutch++ sketch) vectors.
+    level : float
+        Confidence level of the interval, in (0, 1).
+    generator : torch.Generator, optional
+        Seeded generator for reproducible probes.
+    dtype : torch.dtype
+        Dtype of the probe vectors and of the results.
+    device : torch.device or str, optional
+        Device of the probe vectors (default: the generator's device, else CPU).
+
+    Returns
+    -------
+    TraceEstimate
+        ``mean``, ``ci_low``, ``ci_high`` of shape (B,), and the matvec count.
+
+    Raises
+    ------
+    MemgeoError
+        Unknown ``method`` or ``probe``, a budget too small for the method, a ``level`` outside
+        (0, 1), non-positive sizes, or a ``matvec`` that does not return (B, D).
+    """
+    check_choice(method, TRACE_METHODS, "trace method")
+    check_choice(probe, PROBES, "probe distribution")
+    _check_int(batch, "batch", 1)
+    _check_int(dim, "dim", 1)
+    if not 0.0 < float(level) < 1.0:
+        raise MemgeoError(f"confidence level must lie in (0, 1), got {level!r}", "pass e.g. level=0.95")
+    if device is None and generator is not None:
+        device = generator.device
+
+    if method == "exact":
+        total = torch.zeros(batch, dtype=dtype, device=device)
+        for i in range(dim):
+            e = torch.zeros(batch, dim, dtype=dtype, device=device)
+            e[:, i] = 1
+            total = total + _apply(matvec, e)[:, i]
+        return TraceEstimate(total, total.clone(), total.clone(), dim, method, float(level))
+
+    if method == "hutchinson":
+        _check_int(n_probes, "n_probes", 2)
+        values = []
+        for _ in range(n_probes):
+            v = draw_probes(batch, dim, probe, generator=generator, dtype=dtype, device=device)
+            values.append((v * _apply(matvec, v)).sum(1))
+        mean, lo, hi = _t_interval(torch.stack(values), level)
+        return TraceEstimate(mean, lo, hi, n_probes, method, float(level))
+
+    # Hutch++. At least 2 residual probes are needed for a variance, hence the budget of 4.
+    _check_int(n_probes, "n_probes", 4)
+    k = n_probes // 3 if n_probes >= 6 else 1
+    n_res = n_probes - 2 * k
+    # Sketch: A S for k probe columns, stacked as (B, D, k).
+    sketch = torch.stack([_apply(matvec, draw_probes(batch, dim, probe, generator=generator, dtype=dtype,
+                                                         device=device)) for _ in range(k)], dim=-1)
+    # Householder QR keeps Q orthonormal even when A S is rank deficient (e.g. low-rank A).
+    q = torch.linalg.qr(sketch, mode="reduced").Q  # (B, D, k)
+    exact_part = torch.zeros(batch, dtype=dtype, device=device)
+    for j in range(k):
+        qj = q[..., j]
+        exact_part = exact_part + (qj * _apply(matvec, qj)).sum(1)
+    values = []
+    for _ in range(n_res):
+        g = draw_probes(batch, dim, probe, generator=generator, dtype=dtype, device=device)
+        # h = (I - Q Q^T) g; then h^T A h = g^T (I - QQ^T) A (I - QQ^T) g, one matvec per probe.
+        h = g - torch.einsum("bdk,bk->bd", q, torch.einsum("bdk,bd->bk", q, g))
+        values.append((h * _apply(matvec, h)).sum(1))
+    mean, lo, hi = _t_interval(torch.stack(values), level)
+    return TraceEstimate(exact_part + mean, exact_part + lo, exact_part + hi, 2 * k + n_res, method, float(level))
