@@ -143,6 +143,64 @@ def sharpness(
     typer.echo(json.dumps(run_sharpness(cfg, out)))
 
 
+def _t0(value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise MemgeoError(f"--t0 {value!r} is neither a number nor 'auto'", "e.g. --t0 0.05") from None
+
+
+@app.command()
+def lid(
+    points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
+    estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need --model); cfdm, lpca, mle, "
+                                                "twonn (need --data).")] = "flipd",
+    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC (model-based estimators).")] = None,
+    data: Annotated[str, typer.Option(help="Reference data, TRAIN.npy or a data SPEC (model-free estimators).")] = None,
+    t0: Annotated[str, typer.Option(help="Diffusion time of FLIPD-type estimators, or 'auto'.")] = None,
+    trace: Annotated[str, typer.Option(help="exact, hutchinson or hutch++ (FLIPD).")] = None,
+    n_probes: Annotated[int, typer.Option(help="Probe vectors of a stochastic trace.")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours of model-free estimators.")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
+    out: Out = Path("runs/lid"),
+) -> None:
+    """Local intrinsic dimension of each point; writes lid.json (list `lid` in point order) and lid.csv."""
+    from memgeo.workflows.lid_runs import LIDRunConfig, run_lid
+
+    params = {"t0": _t0(t0), "trace": trace, "n_probes": n_probes, "k": k}
+    cfg = _load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
+                                                params={a: b for a, b in params.items() if b is not None}, cond=cond))
+    typer.echo(json.dumps(run_lid(cfg, out)))
+
+
+@app.command()
+def audit(
+    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC.")],
+    points: Annotated[Path, typer.Option(help=".npy of generated samples.")],
+    train_data: Annotated[str, typer.Option(help="Training data (labels copies; default reference).")] = None,
+    reference: Annotated[str, typer.Option(help="Data for LID_data if not the training data.")] = None,
+    labels: Annotated[Path, typer.Option(help=".npy of one class per point (conditional models).")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point.")] = None,
+    t0: Annotated[float, typer.Option(help="FLIPD time for LID_model.")] = 0.05,
+    sharpness_t: Annotated[float, typer.Option(help="Time of the sharpness spectrum.")] = 0.1,
+    lid_data: Annotated[str, typer.Option(help="Model-free LID_data estimator: lpca, mle, twonn, cfdm.")] = "lpca",
+    model_low: Annotated[float, typer.Option(help="LID_model below this is memorized (default: relative).")] = None,
+    data_low: Annotated[float, typer.Option(help="LID_data below this makes it DD-Mem (default: relative).")] = None,
+    out: Out = Path("runs/audit"),
+) -> None:
+    """Sharpness + LID_model (FLIPD) + LID_data + MMH labels (none / OD-Mem / DD-Mem) per sample."""
+    from memgeo.workflows.lid_runs import AuditConfig, run_audit
+
+    cfg = _load_config(None, AuditConfig, dict(
+        model=model, points=str(points), train_data=train_data, reference=reference,
+        labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
+        model_low=model_low, data_low=data_low))
+    summary = run_audit(cfg, out)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "detection"}))
+
+
 def main() -> None:
     """Console entry point: run the app, turning :class:`MemgeoError` into a one-line error (exit 2).
 

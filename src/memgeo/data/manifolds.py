@@ -505,7 +505,8 @@ def von_mises_with_atom(
     """The unit circle with von Mises distributed angles (LID 1), one atom and a few isolated points.
 
     - Circle (component 0, LID 1): ``(cos theta, sin theta)``, ``theta ~ VonMises(mu, kappa)``
-      (sampled exactly by Best & Fisher's rejection method; ``kappa = 0`` is uniform).
+      (sampled by Best & Fisher's rejection method; ``kappa = 0`` is uniform, ``kappa > 1e6`` uses
+      the Gaussian limit N(mu, 1/kappa)).
     - Atom (component 1, LID 0): the point ``atom`` (default the circle's centre, 1 away from
       every circle point) repeated ``n_atom`` times; its rows share one source index.
     - Isolated points (component 2, LID 0): ``n_isolated`` single points on the circle of radius
@@ -593,15 +594,16 @@ MANIFOLD_DATASETS: dict[str, Callable[..., Dataset]] = {
 # Internals
 # --------------------------------------------------------------------------------------------
 def _von_mises(n: int, mu: float, kappa: float, gen: torch.Generator) -> torch.Tensor:
-    """Exact von Mises samples in (-pi, pi] (Best & Fisher 1979), vectorized rejection, float64."""
+    """Von Mises samples in [-pi, pi) (Best & Fisher 1979 rejection, vectorized), float64."""
     if kappa < 1e-8:
         theta = 2 * math.pi * torch.rand(n, generator=gen, dtype=_F64)
+    elif kappa > 1e6:
+        # Beyond this the rejection step loses precision; the law is Gaussian up to O(1/kappa).
+        theta = torch.randn(n, generator=gen, dtype=_F64) / math.sqrt(kappa)
     else:
         tau = 1.0 + math.sqrt(1.0 + 4.0 * kappa * kappa)
-        rho = (tau - math.sqrt(2.0 * tau)) / (2.0 * kappa)
-        if rho < 1e-12:  # huge kappa: avoid 1/rho overflow, fall back on the Gaussian limit
-            theta = torch.randn(n, generator=gen, dtype=_F64) / math.sqrt(kappa)
-            return torch.remainder(theta + mu + math.pi, 2 * math.pi) - math.pi
+        # (tau - sqrt(2 tau)) / (2 kappa), rewritten to avoid cancellation at small kappa.
+        rho = 2.0 * kappa / (tau + math.sqrt(2.0 * tau))
         r = (1.0 + rho * rho) / (2.0 * rho)
         out = torch.empty(0, dtype=_F64)
         while out.numel() < n:

@@ -1,0 +1,489 @@
+"""Batched Krylov methods for per-sample operators: Lanczos, Arnoldi, stochastic Lanczos quadrature.
+
+Every function sees the operators only through ``matvec``, mapping a vector batch (B, D), one vector
+per sample, to (A_b v_b)_b, shape (B, D). All B samples advance together: the Krylov bases are
+(B, D, m) tensors and the projected matrices are (B, m, m), so the only Python loop is over
+Krylov steps. One call of ``matvec`` is one matvec in the cost accounting. For the score Jacobian,
+pass ``ScoreJacobianOperator.sym_matvec`` (the symmetric part) to the symmetric methods and
+``ScoreJacobianOperator.matvec`` to :func:`arnoldi_eigs`.
+
+Numerics
+--------
+* Full reorthogonalization (classical Gram-Schmidt applied twice, "twice is enough") against the
+  whole basis at every step. It costs O(B D m) per step, negligible next to a network JVP, and it
+  prevents the ghost copies of converged Ritz values that plain Lanczos produces.
+* Breakdown: when the new residual vanishes for a sample (its Krylov space is invariant, e.g. an
+  operator -I/sigma^2 + low rank), that sample continues with a fresh random vector orthogonal to
+  its basis and a zero coupling coefficient. The projected matrix becomes block diagonal, each block
+  exact, so all samples can keep advancing in lockstep and repeated eigenvalues are found once per
+  restart (single-vector Krylov methods otherwise see each eigenvalue only once).
+* The small projected eigenproblems are solved in float64 whatever the operator dtype: they are
+  cheap and this removes one source of rounding from the Ritz values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from memgeo.errors import MemgeoError, check_choice
+from memgeo.geometry.trace import PROBES, _apply, _check_int, draw_probes
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+WHICH = ("both", "smallest", "largest")
+
+
+@dataclass
+class LanczosResult:
+    """Extreme Ritz values of symmetric per-sample operators.
+
+    Attributes
+    ----------
+    eigenvalues : Tensor, shape (B, k) or (B, 2k)
+        Ritz values sorted ascending. ``which="smallest"``: the k smallest; ``"largest"``: the k
+        largest; ``"both"``: the k smallest followed by the k largest, shape (B, 2k).
+    residual_bounds : Tensor, shape like ``eigenvalues``
+        |beta_m s_{m,i}| = ||A y_i - theta_i y_i|| for the unit Ritz vector y_i. For symmetric A some
+        eigenvalue lies within this distance of theta_i (and within residual^2 / gap once the Ritz
+        value is isolated).
+    n_matvecs : int
+        Batched operator applications used (equals the Krylov dimension m reached).
+    which : str
+    eigenvectors : Tensor, shape (B, D, k) or (B, D, 2k), optional
+        Unit Ritz vectors matching ``eigenvalues`` (only with ``return_vectors=True``).
+    """
+
+    eigenvalues: torch.Tensor
+    residual_bounds: torch.Tensor
+    n_matvecs: int
+    which: str
+    eigenvectors: torch.Tensor | None = None
+
+
+@dataclass
+class ArnoldiResult:
+    """Ritz values of non-symmetric per-sample operators at both ends of the real axis.
+
+    Attributes
+    ----------
+    largest_real : Tensor, complex, shape (B, k)
+        The k Ritz values of largest real part, sorted by decreasing real part (for equal real part,
+        the one with positive imaginary part first).
+    smallest_real : Tensor, complex, shape (B, k)
+        The k Ritz values of smallest real part, sorted by increasing real part. May overlap
+        ``largest_real`` when 2k exceeds the Krylov dimension.
+    residual_largest, residual_smallest : Tensor, shape (B, k)
+        |h_{m+1,m} y_{m,i}| = ||A x_i - theta_i x_i|| for the unit Ritz vectors x_i = V_m y_i. For
+        non-normal A the eigenvalue error can exceed this by the eigenvector condition number.
+    n_matvecs : int
+        Batched operator applications used.
+    """
+
+    largest_real: torch.Tensor
+    smallest_real: torch.Tensor
+    residual_largest: torch.Tensor
+    residual_smallest: torch.Tensor
+    n_matvecs: int
+
+
+class SLQDensity(NamedTuple):
+    """Spectral density from stochastic Lanczos quadrature; unpacks as ``grid, density, nodes, weights``.
+
+    Attributes
+    ----------
+    grid : Tensor, shape (G,)
+        Evaluation points (eigenvalue axis).
+    density : Tensor, shape (B, G)
+        Gaussian-smoothed density of the eigenvalue distribution (1/D) sum_i delta(lambda - lambda_i);
+        integrates to ~1 over a grid that covers the nodes with a few bandwidths to spare.
+    nodes : Tensor, shape (B, n_probes * m)
+        Ritz values of every probe's Lanczos run (quadrature nodes).
+    weights : Tensor, shape (B, n_probes * m)
+        Squared first components of the Ritz vectors divided by ``n_probes``; each row sums to 1.
+    """
+
+    grid: torch.Tensor
+    density: torch.Tensor
+    nodes: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def n_matvecs(self) -> int:
+        """Batched operator applications used: one per node."""
+        return int(self.nodes.shape[1])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(B,) quadrature estimate of tr(A)/D, sum of nodes * weights."""
+        return (self.nodes * self.weights).sum(1)
+
+
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove the span of ``basis`` (B, D, j) from ``w`` (B, D) by CGS applied twice.
+
+    Returns the orthogonalized vectors (B, D) and the total coefficients (B, j).
+    """
+    coef = torch.zeros(basis.shape[0], basis.shape[2], dtype=w.dtype, device=w.device)
+    for _ in range(2):
+        c = torch.einsum("bdk,bd->bk", basis, w)
+        w = w - torch.einsum("bdk,bk->bd", basis, c)
+        coef = coef + c
+    return w, coef
+
+
+def _next_vector(w: torch.Tensor, norm: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalize ``w`` into the next basis vector, restarting samples whose residual vanished.
+
+    Returns the next vectors (B, D) and the coupling coefficients (B,) to store (0 where restarted).
+    """
+    # 1000 eps relative to the operator scale: after two reorthogonalizations an exhausted Krylov
+    # space leaves a residual of a few eps, while a genuine one is orders of magnitude larger.
+    tiny = 1e3 * torch.finfo(w.dtype).eps * scale.clamp_min(torch.finfo(w.dtype).tiny)
+    broke = norm <= tiny
+    if not bool(broke.any()):
+        return w / norm[:, None], norm
+    fresh = draw_probes(w.shape[0], w.shape[1], "gaussian", generator=generator, dtype=w.dtype, device=w.device)
+    fresh, _ = _orthogonalize(fresh, basis)
+    fresh = fresh / fresh.norm(dim=1, keepdim=True)
+    nxt = torch.where(broke[:, None], fresh, w / norm.clamp_min(torch.finfo(w.dtype).tiny)[:, None])
+    return nxt, torch.where(broke, torch.zeros_like(norm), norm)
+
+
+def _start_vector(batch: int, dim: int, probe: str, generator, dtype, device) -> torch.Tensor:
+    v = draw_probes(batch, dim, probe, generator=generator, dtype=dtype, device=device)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def _tridiag(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """(B, m) diagonal and (B, m-1) off-diagonal -> dense symmetric (B, m, m) in float64."""
+    a = alpha.double()
+    t = torch.diag_embed(a)
+    if beta.shape[1] > 0:
+        off = torch.diag_embed(beta.double(), offset=1)
+        t = t + off + off.transpose(1, 2)
+    return t
+
+
+def _lanczos(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generator | None,
+             stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None, check_every: int = 5,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Batched Lanczos with full reorthogonalization.
+
+    Parameters
+    ----------
+    q0 : Tensor, shape (B, D)
+        Unit start vectors.
+    m : int
+        Maximum Krylov dimension (<= D).
+    stop : callable, optional
+        ``stop(alpha (B, j), beta (B, j))`` called every ``check_every`` steps; the last column of
+        beta is the current residual norm. Returning True ends the iteration.
+
+    Returns
+    -------
+    alpha : (B, j), beta : (B, j), basis : (B, D, j), j
+        beta[:, :j-1] are the off-diagonals of T (0 where a sample restarted) and beta[:, j-1] is
+        the norm of the final residual, which gives the Ritz residual bounds.
+    """
+    b, d = q0.shape
+    basis = q0.new_zeros(b, d, m)
+    alpha = q0.new_zeros(b, m)
+    beta = q0.new_zeros(b, m)
+    scale = q0.new_zeros(b)
+    q = q0
+    j = 0
+    for j in range(m):
+        basis[:, :, j] = q
+        w = _apply(matvec, q)
+        a = (q * w).sum(1)
+        alpha[:, j] = a
+        # The three-term recurrence first, then a full reorthogonalization that also cleans it up.
+        w = w - a[:, None] * q
+        if j > 0:
+            w = w - beta[:, j - 1, None] * basis[:, :, j - 1]
+        w, _ = _orthogonalize(w, basis[:, :, : j + 1])
+        nrm = w.norm(dim=1)
+        beta[:, j] = nrm
+        scale = torch.maximum(scale, torch.maximum(a.abs(), nrm))
+        if stop is not None and (j + 1) % check_every == 0 and stop(alpha[:, : j + 1], beta[:, : j + 1]):
+            break
+        if j + 1 < m:
+            q, beta[:, j] = _next_vector(w, nrm, basis[:, :, : j + 1], scale, generator)
+    n = j + 1
+    return alpha[:, :n], beta[:, :n], basis[:, :, :n], n
+
+
+def _ritz(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ritz values (B, j) ascending, eigenvectors of T (B, j, j) and residual bounds (B, j), float64."""
+    theta, s = torch.linalg.eigh(_tridiag(alpha, beta[:, :-1]))
+    res = (beta[:, -1:].double() * s[:, -1, :]).abs()
+    return theta, s, res
+
+
+def _select(which: str, k: int, j: int) -> torch.Tensor:
+    """Indices of the requested Ritz values among j ascending ones."""
+    if which == "smallest":
+        return torch.arange(k)
+    if which == "largest":
+        return torch.arange(j - k, j)
+    return torch.cat([torch.arange(k), torch.arange(j - k, j)])
+
+
+def _check_sizes(batch: int, dim: int, n_iter: int) -> int:
+    _check_int(batch, "batch", 1)
+    _check_int(dim, "dim", 1)
+    _check_int(n_iter, "n_iter", 1)
+    return min(n_iter, dim)
+
+
+def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int = 60, which: str = "both", *,
+                    tol: float = 1e-5, check_every: int = 5, return_vectors: bool = False,
+                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                    device=None) -> LanczosResult:
+    """Extreme eigenvalues of symmetric per-sample operators by batched Lanczos.
+
+    Parameters
+    ----------
+    matvec : callable
+        (B, D) -> (B, D), v_b -> A_b v_b with every A_b symmetric (e.g.
+        ``ScoreJacobianOperator.sym_matvec``). Non-symmetric input gives meaningless results.
+    batch, dim : int
+        B and D.
+    k : int
+        Number of eigenvalues wanted at each requested end.
+    n_iter : int
+        Maximum Krylov dimension (= maximum matvecs); capped at D, where the result is exact.
+    which : {"both", "smallest", "largest"}
+        ``"both"`` returns the k smallest and the k largest from one run, shape (B, 2k).
+    tol : float
+        Stop early once every requested Ritz value of every sample has a residual bound below
+        ``tol * max_i |theta_i|`` (relative to that sample's spectral radius estimate). Checked every
+        ``check_every`` steps; set ``tol=0`` to always run ``n_iter`` steps.
+    check_every : int
+        Steps between convergence checks (each costs one small batched ``eigh``).
+    return_vectors : bool
+        Also return the Ritz vectors, shape (B, D, k or 2k).
+    generator : torch.Generator, optional
+        For the Gaussian start vectors (and restarts after breakdown).
+    dtype, device
+        Of the Krylov basis.
+
+    Returns
+    -------
+    LanczosResult
+
+    Raises
+    ------
+    MemgeoError
+        Unknown ``which``; k < 1; more Ritz values requested than the Krylov dimension provides
+        (k > min(n_iter, D), or 2k > min(n_iter, D) for ``"both"``); bad sizes or matvec output.
+    """
+    check_choice(which, WHICH, "Ritz value selection")
+    m = _check_sizes(batch, dim, n_iter)
+    _check_int(k, "k", 1)
+    _check_int(check_every, "check_every", 1)
+    need = 2 * k if which == "both" else k
+    if need > m:
+        raise MemgeoError(f"{need} Ritz values requested but the Krylov dimension is only min(n_iter, D) = {m}",
+                          "lower k or raise n_iter (at most D)")
+    if device is None and generator is not None:
+        device = generator.device
+    q0 = _start_vector(batch, dim, "gaussian", generator, dtype, device)
+
+    def stop(alpha: torch.Tensor, beta: torch.Tensor) -> bool:
+        j = alpha.shape[1]
+        if j < need or tol <= 0:
+            return False
+        theta, _, res = _ritz(alpha, beta)
+        radius = theta.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        idx = _select(which, k, j)
+        return bool((res[:, idx] <= tol * radius).all())
+
+    alpha, beta, basis, n = _lanczos(matvec, q0, m, generator, stop, check_every)
+    theta, s, res = _ritz(alpha, beta)
+    idx = _select(which, k, n)
+    vecs = None
+    if return_vectors:
+        vecs = torch.einsum("bdj,bji->bdi", basis, s[:, :, idx].to(basis.dtype))
+    return LanczosResult(theta[:, idx].to(dtype), res[:, idx].to(dtype), n, which, vecs)
+
+
+def _arnoldi(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generator | None,
+             stop: Callable[[torch.Tensor], bool] | None = None, check_every: int = 5,
+             ) -> tuple[torch.Tensor, int]:
+    """Batched Arnoldi with reorthogonalization; returns the Hessenberg (B, j+1, j) and j."""
+    b, d = q0.shape
+    basis = q0.new_zeros(b, d, m)
+    h = q0.new_zeros(b, m + 1, m)
+    scale = q0.new_zeros(b)
+    q = q0
+    j = 0
+    for j in range(m):
+        basis[:, :, j] = q
+        w = _apply(matvec, q)
+        w, coef = _orthogonalize(w, basis[:, :, : j + 1])
+        nrm = w.norm(dim=1)
+        h[:, : j + 1, j] = coef
+        h[:, j + 1, j] = nrm
+        scale = torch.maximum(scale, torch.maximum(coef.abs().amax(1), nrm))
+        if stop is not None and (j + 1) % check_every == 0 and stop(h[:, : j + 2, : j + 1]):
+            break
+        if j + 1 < m:
+            q, h[:, j + 1, j] = _next_vector(w, nrm, basis[:, :, : j + 1], scale, generator)
+    n = j + 1
+    return h[:, : n + 1, :n], n
+
+
+def _ritz_general(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ritz values of largest / smallest real part and their residual bounds from (B, j+1, j)."""
+    j = h.shape[2]
+    hm = h[:, :j, :].double()
+    theta, y = torch.linalg.eig(hm)  # y columns have unit 2-norm
+    res = (h[:, j, j - 1].double()[:, None] * y[:, -1, :].abs())
+    # Order by real part with a stable secondary key on the imaginary part, so conjugate pairs come
+    # out in a fixed order (+imag first among the largest).
+    by_imag = torch.argsort(-theta.imag, dim=1, stable=True)
+    theta, res = theta.gather(1, by_imag), res.gather(1, by_imag)
+    order = torch.argsort(-theta.real, dim=1, stable=True)
+    theta, res = theta.gather(1, order), res.gather(1, order)
+    kk = min(k, j)
+    largest, res_l = theta[:, :kk], res[:, :kk]
+    smallest, res_s = theta.flip(1)[:, :kk], res.flip(1)[:, :kk]
+    return largest, smallest, res_l, res_s
+
+
+def arnoldi_eigs(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int = 60, *, tol: float = 1e-5,
+                 check_every: int = 5, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32, device=None) -> ArnoldiResult:
+    """Eigenvalues of largest and smallest real part of non-symmetric per-sample operators.
+
+    Batched Arnoldi with full reorthogonalization; the eigenvalues of the Hessenberg matrix
+    (B, m, m) come from ``torch.linalg.eig`` (complex). Use it for the raw score Jacobian J, whose
+    asymmetry ``||J - J^T||_F / ||J||_F`` measures how far a trained network is from a true score.
+
+    Parameters
+    ----------
+    matvec : callable
+        (B, D) -> (B, D), v_b -> A_b v_b (e.g. ``ScoreJacobianOperator.matvec``).
+    batch, dim : int
+        B and D.
+    k : int
+        Number of Ritz values returned at each end of the real axis.
+    n_iter : int
+        Maximum Krylov dimension (= maximum matvecs), capped at D.
+    tol : float
+        Stop early once all 2k returned Ritz values of every sample have residual bound below
+        ``tol * max |theta|``; checked every ``check_every`` steps; 0 disables early stopping.
+    generator, dtype, device
+        Start vectors (Gaussian) and basis dtype/device.
+
+    Returns
+    -------
+    ArnoldiResult
+        Complex Ritz values of shape (B, k): ``largest_real`` (decreasing real part) and
+        ``smallest_real`` (increasing real part).
+
+    Raises
+    ------
+    MemgeoError
+        k < 1 or k > min(n_iter, D); bad sizes or matvec output.
+    """
+    m = _check_sizes(batch, dim, n_iter)
+    _check_int(k, "k", 1)
+    _check_int(check_every, "check_every", 1)
+    if k > m:
+        raise MemgeoError(f"{k} Ritz values requested but the Krylov dimension is only min(n_iter, D) = {m}",
+                          "lower k or raise n_iter (at most D)")
+    if device is None and generator is not None:
+        device = generator.device
+    q0 = _start_vector(batch, dim, "gaussian", generator, dtype, device)
+
+    def stop(h: torch.Tensor) -> bool:
+        if h.shape[2] < 2 * k or tol <= 0:
+            return False
+        lg, sm, rl, rs = _ritz_general(h, k)
+        radius = torch.maximum(lg.abs().amax(1), sm.abs().amax(1)).clamp_min(torch.finfo(torch.float64).tiny)
+        return bool((torch.maximum(rl.amax(1), rs.amax(1)) <= tol * radius).all())
+
+    h, n = _arnoldi(matvec, q0, m, generator, stop, check_every)
+    lg, sm, rl, rs = _ritz_general(h, k)
+    cdt = torch.complex64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.complex128
+    return ArnoldiResult(lg.to(cdt), sm.to(cdt), rl.to(dtype), rs.to(dtype), n)
+
+
+def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter: int = 40, *,
+                grid: torch.Tensor | int | None = None, bandwidth: float | None = None, probe: str = "rademacher",
+                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                device=None) -> SLQDensity:
+    """Spectral density of symmetric per-sample operators by stochastic Lanczos quadrature.
+
+    For a unit start vector q, m Lanczos steps give T = S diag(theta) S^T and the Gauss quadrature
+    q^T f(A) q ~ sum_j S_{0j}^2 f(theta_j). Averaging over random q with E[q q^T] = I/D turns this
+    into (1/D) tr f(A) = integral of f against the eigenvalue density, so the Ritz values (nodes)
+    with weights S_{0j}^2 / n_probes form a discrete density that is then smoothed with a Gaussian
+    kernel.
+
+    Parameters
+    ----------
+    matvec : callable
+        (B, D) -> (B, D) for symmetric A_b.
+    batch, dim : int
+        B and D.
+    n_probes : int
+        Independent start vectors per sample (>= 1).
+    n_iter : int
+        Lanczos steps per probe, capped at D; total matvecs n_probes * min(n_iter, D).
+    grid : Tensor (G,) or int, optional
+        Evaluation points, or their number (default 512), spread over
+        [min node - 4 bandwidth, max node + 4 bandwidth] across the whole batch so that every
+        density integrates to ~1 on the shared grid.
+    bandwidth : float, optional
+        Standard deviation of the Gaussian kernel. Default: (max node - min node) / m across the
+        batch, about the node spacing of one Lanczos run, which smooths the discrete quadrature
+        into a curve without hiding structure at the scale Lanczos can resolve.
+    probe : {"rademacher", "gaussian"}
+        Start vector distribution before normalization to unit length.
+    generator, dtype, device
+        Randomness, basis dtype and device.
+
+    Returns
+    -------
+    SLQDensity
+        ``(grid (G,), density (B, G), nodes (B, n_probes*m), weights (B, n_probes*m))``.
+    """
+    check_choice(probe, PROBES, "probe distribution")
+    m = _check_sizes(batch, dim, n_iter)
+    _check_int(n_probes, "n_probes", 1)
+    if bandwidth is not None and not float(bandwidth) > 0:
+        raise MemgeoError(f"bandwidth must be positive, got {bandwidth!r}", "pass bandwidth > 0 or leave it None")
+    if device is None and generator is not None:
+        device = generator.device
+    nodes, weights = [], []
+    for _ in range(n_probes):
+        q0 = _start_vector(batch, dim, probe, generator, dtype, device)
+        alpha, beta, _, _ = _lanczos(matvec, q0, m, generator)
+        theta, s, _ = _ritz(alpha, beta)
+        nodes.append(theta)
+        weights.append(s[:, 0, :] ** 2 / n_probes)
+    node = torch.cat(nodes, 1)
+    weight = torch.cat(weights, 1)
+    lo, hi = float(node.min()), float(node.max())
+    if bandwidth is None:
+        bandwidth = (hi - lo) / m if hi > lo else max(abs(hi), 1.0) * 1e-3
+    bw = float(bandwidth)
+    if grid is None or isinstance(grid, int):
+        g_n = 512 if grid is None else grid
+        _check_int(g_n, "grid size", 2)
+        grid_t = torch.linspace(lo - 4 * bw, hi + 4 * bw, g_n, dtype=torch.float64, device=node.device)
+    else:
+        grid_t = torch.as_tensor(grid, dtype=torch.float64, device=node.device)
+        if grid_t.ndim != 1 or grid_t.numel() < 2:
+            raise MemgeoError(f"grid has shape {tuple(grid_t.shape)}", "pass a 1-D grid with at least 2 points")
+    z = (grid_t[None, None, :] - node[:, :, None]) / bw  # (B, n_nodes, G)
+    kern = torch.exp(-0.5 * z * z) / (bw * (2 * torch.pi) ** 0.5)
+    density = torch.einsum("bn,bng->bg", weight, kern)
+    return SLQDensity(grid_t.to(dtype), density.to(dtype), node.to(dtype), weight.to(dtype))

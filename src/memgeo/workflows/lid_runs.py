@@ -1,0 +1,194 @@
+"""Library functions behind ``memgeo lid`` and ``memgeo audit``."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memgeo.data import load_dataset, load_points
+from memgeo.errors import MemgeoError
+from memgeo.geometry import sharpness_spectrum
+from memgeo.geometry.jacobian import check_points
+from memgeo.geometry.lid import LID_ESTIMATORS, LIDEstimator, get_lid_estimator
+from memgeo.io import write_csv, write_json
+from memgeo.memorization import label_copies
+from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
+from memgeo.models import load_model_spec
+from memgeo.models.base import DiffusionModel, model_dtype
+from memgeo.report import Report, scatter_plot, score_histogram
+from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
+
+
+class LIDRunConfig(BaseModel):
+    """``memgeo lid``: one estimator on a points file, with a model (LID_model) or data (LID_data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    points: str
+    estimator: str = "flipd"
+    model: str | None = None
+    data: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    cond: int | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> "LIDRunConfig":
+        if self.estimator not in LID_ESTIMATORS:
+            raise MemgeoError(f"unknown LID estimator {self.estimator!r}",
+                              f"choose one of: {', '.join(sorted(LID_ESTIMATORS))}")
+        needs_model = LID_ESTIMATORS[self.estimator].needs_model
+        if needs_model and self.model is None:
+            raise MemgeoError(f"estimator {self.estimator!r} needs --model", "pass a checkpoint folder or model SPEC")
+        if not needs_model and self.data is None:
+            raise MemgeoError(f"estimator {self.estimator!r} is model-free and needs --data", "pass TRAIN.npy or a data SPEC")
+        return self
+
+
+def build_estimator(name: str, params: dict[str, Any]) -> LIDEstimator:
+    """Instantiate ``name`` with those of ``params`` its ``__init__`` accepts (None values dropped)."""
+    accepted = inspect.signature(LID_ESTIMATORS[name].__init__).parameters
+    unknown = [k for k, v in params.items() if v is not None and k not in accepted]
+    if unknown:
+        raise MemgeoError(f"estimator {name!r} has no option(s) {', '.join(unknown)}",
+                          f"its options are: {', '.join(p for p in accepted if p != 'self')}")
+    return get_lid_estimator(name, **{k: v for k, v in params.items() if v is not None})
+
+
+def _cond(model: DiffusionModel, cond: int | None, n: int) -> torch.Tensor | None:
+    if cond is None:
+        return None
+    if model.num_classes is None or not 0 <= cond < model.num_classes:
+        raise MemgeoError(f"--cond {cond} is not a class of the model", "drop --cond or pick a valid class")
+    return torch.full((n,), cond, dtype=torch.long)
+
+
+def estimate_lid(estimator: LIDEstimator, points: torch.Tensor, *, model: DiffusionModel | None = None,
+                 reference: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a model-based estimator on ``model`` or fit a data-based one on ``reference``; (N,) float64."""
+    if estimator.needs_model:
+        return estimator.estimate(model, points.to(model_dtype(model)), cond).double()
+    return torch.as_tensor(estimator.fit(reference).estimate(points)).double()
+
+
+def _data_tensor(spec: str) -> torch.Tensor:
+    return load_points(spec) if spec.endswith(".npy") else load_dataset(spec).x
+
+
+def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
+    """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
+    pts = load_points(cfg.points)
+    est = build_estimator(cfg.estimator, cfg.params)
+    model = load_model_spec(cfg.model) if cfg.model else None
+    reference = _data_tensor(cfg.data) if cfg.data else None
+    if model is not None:
+        check_points(model, pts)
+    elif reference is not None and reference.reshape(reference.shape[0], -1).shape[1] != pts.reshape(pts.shape[0], -1).shape[1]:
+        raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
+    cond = _cond(model, cfg.cond, pts.shape[0]) if model is not None else None
+    out = start_run(out, cfg, None)
+    say(f"LID ({est!r}) of {pts.shape[0]} points")
+    lid = estimate_lid(est, pts, model=model, reference=reference, cond=cond)
+    result = {"estimator": cfg.estimator, "params": est.params(), "lid": lid.tolist(), "n_points": int(lid.numel()),
+              "mean": float(lid.mean()), "t0_used": getattr(est, "t0_", None)}
+    res = getattr(est, "result_", None)
+    if res is not None and hasattr(res, "ci_low") and res.ci_low.shape[0] == 1:
+        result["ci_low"], result["ci_high"] = res.ci_low[0].tolist(), res.ci_high[0].tolist()
+    write_json(out / "lid.json", result)
+    write_csv(out / "lid.csv", [{"index": i, "lid": float(v)} for i, v in enumerate(lid)])
+    report = Report("memgeo lid", subtitle=f"{cfg.estimator} on {cfg.points}")
+    report.add_metrics({k: v for k, v in result.items() if k not in ("lid", "ci_low", "ci_high")}, heading="Summary")
+    figure_to_report(report, score_histogram({"points": lid.numpy()}, xlabel="LID", title="LID estimates"),
+                     out / "figures" / "lid_hist.png", heading="Distribution")
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return {k: v for k, v in result.items() if k not in ("lid", "ci_low", "ci_high")}
+
+
+class AuditConfig(BaseModel):
+    """``memgeo audit``: sharpness, LID_model, LID_data and MMH labels of generated samples."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    points: str
+    train_data: str | None = None
+    reference: str | None = None
+    labels: str | None = None
+    cond: int | None = None
+    t0: float = 0.05
+    sharpness_t: float = 0.1
+    lid_data: str = "lpca"
+    lid_data_params: dict[str, Any] = Field(default_factory=dict)
+    model_low: float | None = None
+    data_low: float | None = None
+
+
+def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
+    """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
+    (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report."""
+    model = load_model_spec(cfg.model)
+    pts = load_points(cfg.points)
+    check_points(model, pts)
+    ref_spec = cfg.reference or cfg.train_data
+    if ref_spec is None:
+        raise MemgeoError("audit needs data for LID_data", "pass --train-data and/or --reference")
+    reference = _data_tensor(ref_spec)
+    cond = _cond(model, cfg.cond, pts.shape[0])
+    if cfg.labels:
+        cond = torch.as_tensor(np.load(cfg.labels, allow_pickle=False)).long()
+        if cond.shape != (pts.shape[0],):
+            raise MemgeoError(f"labels have shape {tuple(cond.shape)}, expected ({pts.shape[0]},)", "one per point")
+    data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)
+    if data_est.needs_model:
+        raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
+    out = start_run(out, cfg, None)
+    x = pts.to(model_dtype(model))
+    say(f"audit of {pts.shape[0]} samples: sharpness, FLIPD(t0={cfg.t0}), LID_data ({cfg.lid_data})")
+    sharp = sharpness_spectrum(model, x, cfg.sharpness_t, cond=cond)
+    lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=model, cond=cond)
+    lid_data = estimate_lid(data_est, pts, reference=reference)
+    audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low))
+    rows = [{"index": i, "sharpness": float(sharp.sharpness[i]), "n_flat": int(sharp.n_flat[i]), **r}
+            for i, r in enumerate(audit.to_rows())]
+    summary: dict[str, Any] = {"n": len(rows), "mmh": audit.summary(), "t0": cfg.t0, "sharpness_t": cfg.sharpness_t,
+                               "lid_data_estimator": cfg.lid_data}
+    is_copy = None
+    if cfg.train_data:
+        copies = label_copies(pts, _data_tensor(cfg.train_data))
+        is_copy = copies.is_copy
+        for r, c in zip(rows, copies.to_rows()):
+            r.update({"is_copy": c["is_copy"], "d1": c["d1"], "d2": c["d2"]})
+        summary["copies"] = copies.summary()
+        summary["detection"] = {
+            "sharpness": evaluate_or_reason(sharp.sharpness.numpy(), is_copy, "sharpness"),
+            "-lid_model": evaluate_or_reason(-audit.lid_model, is_copy, "-lid_model"),
+            "deficit": evaluate_or_reason(audit.deficit, is_copy, "deficit")}
+        summary["labels_of_copies"] = {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS}
+    write_json(out / "audit.json", {**summary, "samples": rows})
+    write_csv(out / "audit.csv", rows)
+    report = Report("memgeo audit", subtitle=f"{cfg.model} on {cfg.points}")
+    report.add_text(
+        f"LID_model = FLIPD at t0 = {cfg.t0}; LID_data = {cfg.lid_data} on {ref_spec}. A sample is memorized when "
+        f"LID_model < {audit.model_low:.3g}; DD-Mem if also LID_data < {audit.data_low:.3g}, else OD-Mem "
+        "(see memgeo.memorization.mmh).", heading="Method")
+    report.add_metrics({"n": len(rows), **{f"count {k}": v for k, v in audit.counts().items()},
+                        **({f"AUROC {k}": v["auroc"] for k, v in summary.get("detection", {}).items()})},
+                       heading="Summary")
+    groups = audit.label if is_copy is None else np.where(is_copy, "copy", "non-copy")
+    figure_to_report(report, scatter_plot(audit.lid_data, audit.lid_model, groups, xlabel="LID_data",
+                                          ylabel="LID_model (FLIPD)", title="LID_model vs LID_data"),
+                     out / "figures" / "lid_scatter.png", heading="LID_model vs LID_data",
+                     caption=f"Thresholds: LID_model < {audit.model_low:.3g} is memorized; LID_data < "
+                             f"{audit.data_low:.3g} makes it DD-Mem.")
+    figure_to_report(report, score_histogram({str(k): audit.lid_model[groups == k] for k in np.unique(groups)},
+                                             xlabel="LID_model", title="LID_model by group"),
+                     out / "figures" / "lid_model_hist.png")
+    report.add_table(rows, heading="Per sample")
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return summary
