@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from memgeo.errors import MemgeoError
-from memgeo.geometry.trace import TRACE_METHODS, TraceEstimate, draw_probes, estimate_trace
+from memgeo.geometry.trace import (
+    TRACE_METHODS,
+    TraceEstimate,
+    draw_probes,
+    estimate_trace,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -107,7 +112,7 @@ def test_rademacher_lower_variance_than_gaussian_on_dominant_diagonal():
     dim, reps = 30, 500
     off = 0.05 * torch.randn(dim, dim, generator=g, dtype=torch.float64)
     a = (torch.diag(torch.linspace(1.0, 5.0, dim, dtype=torch.float64)) + off)[None].repeat(reps, 1, 1)
-    kw = dict(method="hutchinson", n_probes=4, generator=g, dtype=torch.float64)
+    kw = {"method": "hutchinson", "n_probes": 4, "generator": g, "dtype": torch.float64}
     rad = estimate_trace(dense_matvec(a), reps, dim, probe="rademacher", **kw).mean
     gau = estimate_trace(dense_matvec(a), reps, dim, probe="gaussian", **kw).mean
     # Rademacher variance is 2 sum_{i != j} A_ij^2 per probe (tiny), Gaussian adds 2 sum_i A_ii^2.
@@ -158,8 +163,8 @@ def test_probes_have_identity_second_moment():
     assert w.dtype == torch.float64
 
 
-@pytest.mark.parametrize("kwargs", [dict(method="lanczos"), dict(probe="sphere"), dict(n_probes=1),
-                                    dict(method="hutch++", n_probes=3), dict(level=1.5), dict(level=0.0)])
+@pytest.mark.parametrize("kwargs", [{"method": "lanczos"}, {"probe": "sphere"}, {"n_probes": 1},
+                                    {"method": "hutch++", "n_probes": 3}, {"level": 1.5}, {"level": 0.0}])
 def test_bad_arguments_raise(kwargs):
     a = torch.randn(2, 5, 5)
     with pytest.raises(MemgeoError):

@@ -11,11 +11,29 @@
 from memgeo.data.dataset import Dataset
 from memgeo.data.digits import load_digits
 from memgeo.data.inject import duplicate_points, replace_class_with_copies
+from memgeo.data.manifolds import (
+    MANIFOLD_DATASETS,
+    affine_mixture,
+    lollipop,
+    sphere,
+    squiggly_mixture,
+    torus,
+    true_lid,
+    von_mises_with_atom,
+)
 from memgeo.data.mnist import DATA_ENV, load_mnist, read_idx
 from memgeo.data.registry import DATASETS, load_dataset, load_points
 from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
 
 __all__ = [
+    "MANIFOLD_DATASETS",
+    "affine_mixture",
+    "lollipop",
+    "sphere",
+    "squiggly_mixture",
+    "torus",
+    "true_lid",
+    "von_mises_with_atom",
     "DATASETS",
     "DATA_ENV",
     "Dataset",

@@ -224,7 +224,7 @@ def squiggly_mixture(
     ambient: int = 10,
     n_per: int | Sequence[int] = 1000,
     frequency: float = 1.0,
-    amplitude: float = 0.1,
+    amplitude: float = 0.2,
     n_waves: int = 4,
     scale: float = 1.0,
     separation: float | None = None,
@@ -247,8 +247,12 @@ def squiggly_mixture(
     component is a flat full-dimensional cube; with ``d == 0`` it is an atom (one point repeated).
 
     The size of the bending: along a unit latent direction ``v`` each wave has curvature up to
-    ``amplitude * (2 pi frequency)^2 * (w . v)^2 / scale``; the defaults give visibly curved
-    patches whose radius of curvature is a sizeable fraction of ``scale``.
+    ``amplitude * (2 pi frequency)^2 * (w . v)^2 / scale``, so for a fixed number of waves a
+    higher-dimensional patch is bent less per direction. With the defaults (seed 0), the share of
+    a component's variance outside its best-fitting d-plane is about 20%, 16% and 4.5% for
+    d = 2, 4, 8 in R^10 and 7%, 3% and 1.3% for d = 10, 25, 50 in R^100, while local PCA on 30
+    neighbours (95% variance) still reads roughly d (2.0, 4.7, 7.8). Raise ``amplitude`` or
+    ``frequency`` for harder, more strongly curved patches.
 
     Parameters
     ----------
@@ -543,7 +547,7 @@ def von_mises_with_atom(
     _check_count(n_atom, "n_atom", 0)
     _check_count(n_isolated, "n_isolated", 0)
     _check_nonnegative(kappa, "kappa")
-    if not math.isfinite(mu):
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
         raise MemgeoError(f"mu must be a finite angle, got {mu!r}", "pass e.g. mu=0.0")
     point = torch.as_tensor(atom, dtype=_F64).flatten()
     if point.numel() != 2 or not bool(torch.isfinite(point).all()):
@@ -625,7 +629,7 @@ def _orthonormal(ambient: int, k: int, gen: torch.Generator) -> torch.Tensor:
         return torch.zeros(ambient, 0, dtype=_F64)
     q, rr = torch.linalg.qr(torch.randn(ambient, k, generator=gen, dtype=_F64))
     # Fix the signs so the result is Haar-distributed rather than biased by QR's convention.
-    return q * torch.sign(torch.diagonal(rr)).where(torch.diagonal(rr) != 0, torch.ones(k, dtype=_F64))
+    return q * torch.where(torch.diagonal(rr) < 0, -1.0, 1.0).to(_F64)
 
 
 def _embedding(ambient: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -689,6 +693,9 @@ def _check_count(value: object, name: str, minimum: int) -> int:
 
 def _check_dims(dims: Sequence[int], ambient: int) -> list[int]:
     _check_count(ambient, "ambient", 1)
+    if hasattr(dims, "tolist") and not isinstance(dims, (str, bytes)):  # numpy array or tensor
+        dims = dims.tolist()
+        dims = [dims] if not isinstance(dims, list) else dims
     if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) == 0:
         raise MemgeoError(f"dims must be a non-empty sequence of ints, got {dims!r}", "pass e.g. dims=(2, 4, 8)")
     out = []

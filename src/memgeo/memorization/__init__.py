@@ -2,7 +2,7 @@
 
 Takes tensors/arrays only (no models, geometry or plotting):
 
-- :mod:`~memgeo.memorization.neighbors`: exact kNN in normalized pixel l2, de-duplication.
+- :mod:`~memgeo.data.neighbors`: exact kNN in normalized pixel l2, de-duplication.
 - :mod:`~memgeo.memorization.copies`: copy criteria (``COPY_CRITERIA``) and :func:`label_copies`.
 - :mod:`~memgeo.memorization.evaluation`: ROC/AUROC (higher score = predicted memorized, never
   flipped), stratified bootstrap CI, TPR at FPR <= 1%, :func:`evaluate_detector`.
@@ -30,7 +30,7 @@ from memgeo.memorization.evaluation import (
     tpr_at_closest_fpr,
     tpr_at_fpr,
 )
-from memgeo.memorization.neighbors import first_occurrence, nearest_neighbors, unique_rows
+from memgeo.data.neighbors import first_occurrence, nearest_neighbors, unique_rows
 
 __all__ = [
     "COPY_CRITERIA",

@@ -2,7 +2,7 @@
 
 All criteria share one form. For a generated sample x, let d_1 <= d_2 <= ... be its normalized
 pixel l2 distances ``sqrt(mean((x - y)^2))`` to the images y of the **de-duplicated** training set
-(exact duplicates collapsed to one image, see :func:`~memgeo.memorization.neighbors.unique_rows`).
+(exact duplicates collapsed to one image, see :func:`~memgeo.data.neighbors.unique_rows`).
 Each criterion defines a positive *scale* s(x), and
 
     statistic(x) = d_1 / s(x),        x is a copy  iff  statistic(x) < threshold.
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from memgeo.errors import MemgeoError, check_choice
-from memgeo.memorization.neighbors import ArrayLike, as_points, first_occurrence, nearest_neighbors, unique_rows
+from memgeo.data.neighbors import ArrayLike, as_points, first_occurrence, nearest_neighbors, unique_rows
 
 
 class CopyCriterion:
@@ -297,7 +297,7 @@ def label_copies(
     threshold : float, optional
         Overrides the criterion's default threshold (only with a criterion name).
     chunk_size : int, default 1024
-        Passed to :func:`~memgeo.memorization.neighbors.nearest_neighbors`.
+        Passed to :func:`~memgeo.data.neighbors.nearest_neighbors`.
     device : str or torch.device, optional
         Where to compute distances.
 

@@ -10,6 +10,7 @@ name with :func:`get_lid_estimator`.
 from memgeo.geometry.lid.base import LID_ESTIMATORS, LIDEstimator, get_lid_estimator, register
 from memgeo.geometry.lid.bundle import NormalBundle
 from memgeo.geometry.lid.flipd import CFDM, FLIPD, FPRegress, LIDCurve
+from memgeo.geometry.lid.modelfree import MLE, MODEL_FREE_ESTIMATORS, KNNIndex, LocalPCA, TwoNN
 
-__all__ = ["CFDM", "FLIPD", "FPRegress", "LIDCurve", "LID_ESTIMATORS", "LIDEstimator", "NormalBundle",
-           "get_lid_estimator", "register"]
+__all__ = ["CFDM", "FLIPD", "FPRegress", "KNNIndex", "LIDCurve", "LID_ESTIMATORS", "LIDEstimator", "LocalPCA", "MLE",
+           "MODEL_FREE_ESTIMATORS", "NormalBundle", "TwoNN", "get_lid_estimator", "register"]
