@@ -26,6 +26,14 @@ def test_absolute_thresholds_override_relative_ones():
     assert b.label.tolist() == ["none", "none"]
 
 
+def test_typical_reference_lid_sets_the_scale():
+    # Half the audited samples are duplicates (LID_data 0): the audited median would be 5, but the
+    # reference data's typical LID of 12 sets the thresholds at 3.
+    a = mmh_audit([0.0, 2.0, 10.0, 11.0], [0.0, 0.0, 10.0, 12.0], MMHThresholds(typical=12.0))
+    assert (a.model_low, a.data_low) == (3.0, 3.0)
+    assert a.label.tolist() == ["DD-Mem", "DD-Mem", "none", "none"]
+
+
 def test_rows_and_summary():
     a = mmh_audit(np.array([0.0, 5.0]), np.array([0.0, 5.0]))
     rows = a.to_rows()

@@ -15,9 +15,10 @@ Rule, with thresholds in LID units (both are reported with every audit):
     DD-Mem     iff  memorized and LID_data(x) <  data_low
     OD-Mem     iff  memorized and LID_data(x) >= data_low
 
-Default thresholds are relative to the data: ``rel * median(LID_data)`` over the audited points
-for both (rel = 0.25), i.e. "less than a quarter of the typical dimension"; pass absolute values to
-override. ``deficit = LID_data - LID_model`` is reported as a continuous score.
+Default thresholds are relative to the data: ``rel * typical`` for both (rel = 0.25), i.e. "less
+than a quarter of the typical dimension", where ``typical`` is the median LID of the reference data
+itself when the caller measured it (recommended: memorized samples then cannot drag the scale
+down) and otherwise the median LID_data over the audited points; pass absolute values to override. ``deficit = LID_data - LID_model`` is reported as a continuous score.
 """
 
 from __future__ import annotations
@@ -34,17 +35,18 @@ MMH_LABELS = ("none", "OD-Mem", "DD-Mem")
 
 @dataclass(frozen=True)
 class MMHThresholds:
-    """Thresholds of the MMH rule; ``None`` means ``rel * median(LID_data)``."""
+    """Thresholds of the MMH rule; ``None`` means ``rel * typical`` (see module docstring)."""
 
     model_low: float | None = None
     data_low: float | None = None
     rel: float = 0.25
+    typical: float | None = None
 
     def resolve(self, lid_data: np.ndarray) -> tuple[float, float]:
         """Absolute (model_low, data_low) for these LID_data values."""
         if not 0 < self.rel < 1:
             raise MemgeoError(f"rel={self.rel} is outside (0, 1)", "pass a fraction such as 0.25")
-        base = self.rel * float(np.median(lid_data))
+        base = self.rel * (float(np.median(lid_data)) if self.typical is None else float(self.typical))
         return (base if self.model_low is None else float(self.model_low),
                 base if self.data_low is None else float(self.data_low))
 

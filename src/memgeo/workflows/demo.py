@@ -21,13 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from memgeo.data import Dataset, load_dataset, replace_class_with_copies
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum, spectrum_along_trajectory
+from memgeo.geometry.lid import FLIPD, LocalPCA
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization import COPY_CRITERIA, label_copies
+from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import MLPConfig, SampleResult, TrainConfig, VPSchedule, get_sampler, train
 from memgeo.models.base import DiffusionModel
 from memgeo.report import Report
 from memgeo.workflows.common import evaluate_or_reason, masked_mean, say, start_run
 from memgeo.workflows.demo_report import write_demo_figures
+from memgeo.workflows.lid_runs import reference_typical_lid
 from memgeo.workflows.toy import ToyConfig, run_toy
 
 
@@ -151,6 +154,17 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     within = evaluate_or_reason(head.sharpness.numpy()[is_mem], is_copy[is_mem], "sharpness within memorized class",
                                 cfg.seed)
 
+    # Manifold-memorization audit: LID_model = FLIPD at the headline noise level, LID_data = local
+    # PCA of each generation's neighbourhood in the training set (copies sit on the duplicates).
+    t0 = time.perf_counter()
+    say(f"MMH audit: FLIPD(t0={cfg.headline_t}) vs local PCA on the training set")
+    lid_model = FLIPD(t0=cfg.headline_t).estimate(model, x0, cond).numpy()
+    lpca = LocalPCA().fit(train_ds.x)
+    lid_data = lpca.estimate(x0).numpy()
+    audit = mmh_audit(lid_model, lid_data, MMHThresholds(typical=reference_typical_lid(lpca, train_ds.x, seed=cfg.seed)))
+    detection["-lid_model (FLIPD)"] = evaluate_or_reason(-lid_model, is_copy, "-lid_model (FLIPD)", cfg.seed)
+    timings["mmh_s"] = time.perf_counter() - t0
+
     metrics: dict[str, Any] = {
         "copy_rate_memorized": float(is_copy[is_mem].mean()),
         "copy_rate_control": float(is_copy[~is_mem].mean()),
@@ -171,6 +185,12 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         "detection": detection,
         "injection": inj,
         "final_train_loss": tr.log[-1]["loss"] if tr.log else None,
+        "auroc_lid_model": detection["-lid_model (FLIPD)"]["auroc"],
+        "mmh_labels_of_copies": {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS},
+        "mmh_labels_of_non_copies": {k: int(((audit.label == k) & ~is_copy).sum()) for k in MMH_LABELS},
+        "mmh_thresholds": {"model_low": audit.model_low, "data_low": audit.data_low},
+        "mean_lid_model": {"copies": masked_mean(lid_model, is_copy), "non_copies": masked_mean(lid_model, ~is_copy)},
+        "mean_lid_data": {"copies": masked_mean(lid_data, is_copy), "non_copies": masked_mean(lid_data, ~is_copy)},
     }
 
     # Per-sample table and arrays.
@@ -182,6 +202,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
             row[f"sharpness@t={t}"] = float(res.sharpness[i])
             row[f"n_flat@t={t}"] = int(res.n_flat[i])
             row[f"n_positive@t={t}"] = int(res.n_positive[i])
+        row.update(audit.to_rows()[i])
         rows.append(row)
     write_csv(out / "samples.csv", rows)
     write_npy(out / "samples.npy", x0.numpy())
@@ -214,7 +235,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     report.add_table([{"score": k, **{kk: vv for kk, vv in v.items() if kk != "name"}} for k, v in detection.items()],
                      heading="Detection of copies by each score and noise level")
     write_demo_figures(report, out / "figures", cfg, x0=x0, cond=cond, is_copy=is_copy, is_mem=is_mem,
-                       spectra=spectra, detection=detection, trajectory=(ts, ev, list(picks)))
+                       spectra=spectra, detection=detection, trajectory=(ts, ev, list(picks)), audit=audit)
 
     if cfg.toy.enabled:
         t0 = time.perf_counter()

@@ -10,13 +10,23 @@ import torch
 
 from memgeo.geometry import SharpnessResult
 from memgeo.memorization import roc_curve
-from memgeo.report import Report, image_grid, roc_plot, score_histogram, spectra_plot, trajectory_spectrum_plot
+from memgeo.memorization.mmh import MMHAudit
+from memgeo.report import (
+    Report,
+    image_grid,
+    roc_plot,
+    scatter_plot,
+    score_histogram,
+    spectra_plot,
+    trajectory_spectrum_plot,
+)
 from memgeo.workflows.common import figure_to_report
 
 
 def write_demo_figures(report: Report, figs: Path, cfg: Any, *, x0: torch.Tensor, cond: torch.Tensor,
                        is_copy: np.ndarray, is_mem: np.ndarray, spectra: dict[float, SharpnessResult],
-                       detection: dict[str, dict], trajectory: tuple[torch.Tensor, torch.Tensor, list[str]]) -> None:
+                       detection: dict[str, dict], trajectory: tuple[torch.Tensor, torch.Tensor, list[str]],
+                       audit: MMHAudit | None = None) -> None:
     """Sample grids, spectra, sharpness histogram, ROC curves and trajectory spectra.
 
     Parameters
@@ -26,6 +36,8 @@ def write_demo_figures(report: Report, figs: Path, cfg: Any, *, x0: torch.Tensor
     spectra : dict
         Noise level t -> spectra of the generations at t.
     trajectory : (ts (T,), eigenvalues (T, K, D), names of the K samples)
+    audit : MMHAudit, optional
+        LID_model / LID_data / MMH labels of the generations.
     """
     head = spectra[cfg.headline_t]
     rows = np.r_[np.flatnonzero(is_mem)[:16], np.flatnonzero(~is_mem)[:16]]
@@ -61,3 +73,13 @@ def write_demo_figures(report: Report, figs: Path, cfg: Any, *, x0: torch.Tensor
                      caption="Spectrum at x_t along DDIM sampling for one copy and one non-copy. At the last steps "
                              "(t < 0.05) the network no longer resolves curvature of order 1/sigma^2 and all "
                              "eigenvalues drift toward 0 for both; the separation lives at t of about 0.05-0.3.")
+    if audit is not None:
+        groups = np.where(is_copy, "copy", "non-copy")
+        labels = ", ".join(f"{k}: {v}" for k, v in audit.counts().items())
+        figure_to_report(report, scatter_plot(audit.lid_data, audit.lid_model, groups, xlabel="LID_data (local PCA)",
+                                              ylabel=f"LID_model (FLIPD, t0={cfg.headline_t})",
+                                              title="Manifold memorization audit"),
+                         figs / "mmh_scatter.png", heading="Manifold memorization audit",
+                         caption=f"A generation is memorized when LID_model < {audit.model_low:.2f}; DD-Mem if "
+                                 f"also LID_data < {audit.data_low:.2f}, else OD-Mem (thresholds: a quarter of the "
+                                 f"training set's median local-PCA LID). Labels: {labels}.")

@@ -75,6 +75,20 @@ def estimate_lid(estimator: LIDEstimator, points: torch.Tensor, *, model: Diffus
     return torch.as_tensor(estimator.fit(reference).estimate(points)).double()
 
 
+def reference_typical_lid(estimator: LIDEstimator, reference: torch.Tensor, n: int = 500, seed: int = 0) -> float | None:
+    """Median LID of the fitted data-based ``estimator`` at up to ``n`` random reference points.
+
+    Queries are in-sample with the point itself left out of its neighbourhood where the estimator
+    supports it (``exclude_self``); returns ``None`` for estimators that cannot leave it out (their
+    in-sample value would read the point's own atom).
+    """
+    if "exclude_self" not in inspect.signature(estimator.estimate).parameters:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(reference.shape[0], generator=g)[:n]
+    return float(torch.as_tensor(estimator.estimate(reference[idx], exclude_self=True)).median())
+
+
 def _data_tensor(spec: str) -> torch.Tensor:
     return load_points(spec) if spec.endswith(".npy") else load_dataset(spec).x
 
@@ -152,11 +166,13 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     sharp = sharpness_spectrum(model, x, cfg.sharpness_t, cond=cond)
     lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=model, cond=cond)
     lid_data = estimate_lid(data_est, pts, reference=reference)
-    audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low))
+    typical = reference_typical_lid(data_est, reference)
+    audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low,
+                                                         typical=typical))
     rows = [{"index": i, "sharpness": float(sharp.sharpness[i]), "n_flat": int(sharp.n_flat[i]), **r}
             for i, r in enumerate(audit.to_rows())]
     summary: dict[str, Any] = {"n": len(rows), "mmh": audit.summary(), "t0": cfg.t0, "sharpness_t": cfg.sharpness_t,
-                               "lid_data_estimator": cfg.lid_data}
+                               "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical}
     is_copy = None
     if cfg.train_data:
         copies = label_copies(pts, _data_tensor(cfg.train_data))
