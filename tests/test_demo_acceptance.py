@@ -26,6 +26,11 @@ def test_default_demo_memorizes_and_sharpness_detects_copies(tmp_path):
     assert low <= m["auroc_sharpness"] <= high
     # Copies look like a point mass: no flat directions on average; non-copies keep several.
     assert m["mean_n_flat"]["copies"] < 1 < m["mean_n_flat"]["non_copies"]
+    # Manifold-memorization audit: copies of the duplicated image are data-driven memorization.
+    n_copies = sum(m["mmh_labels_of_copies"].values())
+    assert m["mmh_labels_of_copies"]["DD-Mem"] >= 0.85 * n_copies
+    assert m["mmh_labels_of_non_copies"]["DD-Mem"] == 0
+    assert m["auroc_lid_model"] >= 0.95
 
 
 @pytest.mark.slow
