@@ -2,7 +2,10 @@
 
 Usage (each set trains one MLP, about 1-3 minutes on 2 cores; run sets one at a time with --only)::
 
-    .venv/bin/python benchmarks/lid.py --only affine10_r100 --json benchmarks/results/lid.json
+    .venv/bin/python benchmarks/lid.py --threads 1 --only affine10_r100 --json benchmarks/results/lid.json
+
+(``--threads 1`` when another process holds a core: with 2 threads under contention training was
+~15x slower on the 2-core VM.)
 
 ``--json`` updates the file: the sets run now replace their entries, the others are kept, so a
 sequence of ``--only`` runs builds one JSON.
@@ -77,10 +80,6 @@ def make_data(key: str, args: argparse.Namespace):
         return squiggly_mixture(s["dims"], s["ambient"], n_per + extra, scale=scale, seed=args.seed)
     # lollipop: 2:1 disc:stick plus a 50-copy atom, and held-out points in the same proportions
     return lollipop(n_disc=int(1.3 * n_per), n_stick=int(0.65 * n_per), n_atom=100, seed=args.seed)
-
-
-def hidden_for(d: int) -> int:
-    return 1 << max(d, 128 - 1).bit_length() if max(d, 128) > 128 else 128
 
 
 def per_point_cost(name: str, d: int, n_t: int, probes: int) -> tuple[int, int]:
