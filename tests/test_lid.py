@@ -103,6 +103,20 @@ def test_auto_t0_curve_plateau_and_reuse():
     assert float(curve.lid.mean(1)[-1]) < float(curve.lid.mean(1)[0])
 
 
+def test_plateau_skips_the_unresolved_stretch_near_d():
+    from memgeo.geometry.lid import LIDCurve
+
+    # A trained-network-like curve: flat at about D = 100 for tiny t0, a plateau near 10, then decay.
+    t0 = torch.logspace(-3, -0.3, 10, dtype=F64)
+    mean = torch.tensor([99.9, 99.9, 99.8, 60.0, 11.0, 10.2, 10.0, 9.8, 6.0, 1.0], dtype=F64)
+    lid = mean[:, None].repeat(1, 3)
+    curve = LIDCurve(t0=t0, sigma=t0, lid=lid, ci_low=lid, ci_high=lid, dim=100)
+    assert 9.5 < float(curve.at(curve.plateau_t0()).mean()) < 10.5
+    # Without the dimension the flattest stretch is the unresolved one.
+    nodim = LIDCurve(t0=t0, sigma=t0, lid=lid, ci_low=lid, ci_high=lid)
+    assert float(nodim.at(nodim.plateau_t0()).mean()) > 99
+
+
 def test_fpregress_and_normal_bundle_on_flat_gaussian():
     model, basis = _flat_gaussian(ambient=60, d=6)
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(7), dtype=F64) @ basis.T

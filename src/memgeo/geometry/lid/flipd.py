@@ -52,17 +52,21 @@ class LIDCurve:
     ci_low: torch.Tensor
     ci_high: torch.Tensor
     n_matvecs: int = 0
+    dim: int = 0
     extra: dict = field(default_factory=dict)
 
     def at(self, t0: float) -> torch.Tensor:
         """LID at the grid point nearest to ``t0``, shape (B,)."""
         return self.lid[int(torch.argmin((self.t0 - t0).abs()))]
 
-    def plateau_t0(self, t_min: float = 1e-3) -> float:
+    def plateau_t0(self, t_min: float = 1e-3, max_fraction: float = 0.9) -> float:
         """The t0 where the batch-mean LID curve is flattest in log t0 (the plateau/knee).
 
         The slope |d mean LID / d log t0| is smoothed over neighbouring grid points and minimised over
-        t0 >= t_min; ties go to the smaller t0 (closer to the data).
+        t0 >= t_min; ties go to the smaller t0 (closer to the data). Two flat stretches are not
+        plateaus of the data and are skipped when other grid points remain: mean LID above
+        ``max_fraction * D`` (t0 so small that a trained network does not resolve the normal
+        directions, so FLIPD reads about D) and mean LID <= 0 (t0 so large that nothing is resolved).
         """
         if self.t0.numel() < 3:
             return float(self.t0[0])
@@ -72,7 +76,11 @@ class LIDCurve:
         slope = torch.cat([slope[:1], slope, slope[-1:]])
         if slope.numel() >= 3:  # smooth so that one noisy grid point cannot win
             slope = torch.nn.functional.avg_pool1d(slope[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
-        slope = torch.where(self.t0.double() >= t_min, slope, torch.full_like(slope, float("inf")))
+        ok = self.t0.double() >= t_min
+        if self.dim > 0:
+            informative = ok & (m > 0) & (m < max_fraction * self.dim)
+            ok = informative if bool(informative.any()) else ok
+        slope = torch.where(ok, slope, torch.full_like(slope, float("inf")))
         return float(self.t0[int(torch.argmin(slope))])
 
 
@@ -161,7 +169,7 @@ class FLIPD(LIDEstimator):
             used += n
         sig = model.schedule.sigma(t0s)
         return LIDCurve(t0=t0s, sigma=sig, lid=torch.stack(rows), ci_low=torch.stack(lows), ci_high=torch.stack(highs),
-                        n_matvecs=used)
+                        n_matvecs=used, dim=xf.shape[1])
 
     def estimate(self, model: DiffusionModel, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """LID estimates, shape (B,) float64. Also sets ``t0_`` (the t0 used) and ``result_``."""
