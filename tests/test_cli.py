@@ -87,13 +87,17 @@ def test_errors_name_the_problem(run_cli, patch_files, tmp_path):
     code, _, err = run_cli("sharpness", "--model", ck, "--points", pts, "--t", "0.1", "--out", tmp_path / "o6")
     _assert_one_line_error(code, err, "corrupt")
 
+    code, _, err = run_cli("sharpness", "--model", spec, "--points", pts, "--t", "0.1", "--cond", "1",
+                           "--out", tmp_path / "o8")
+    _assert_one_line_error(code, err, "unconditional")
+
     code, _, err = run_cli("demo", "--data", "nonsense", "--out", tmp_path / "o7")
     _assert_one_line_error(code, err, "nonsense")
 
     code, _, err = run_cli("sharpness", "--bogus-option")
     assert code == 2 and "bogus-option" in err
     # Failed runs leave no outputs behind (validation happens before the folder is created).
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
 
 
 def test_train_sample_sharpness_chain(run_cli, tmp_path):
@@ -127,6 +131,10 @@ def test_train_sample_sharpness_chain(run_cli, tmp_path):
     assert code == 0, err
     pts = json.loads((h_dir / "sharpness.json").read_text())["points"]
     assert len(pts) == 12 and all(len(p["eigenvalues_sigma2"]) == 2 for p in pts)
+    np.save(tmp_path / "labels.npy", np.zeros(5, dtype=np.int64))
+    code, _, err = run_cli("sharpness", "--model", model_dir, "--points", s_dir / "samples.npy", "--t", "0.05",
+                           "--labels", tmp_path / "labels.npy", "--out", tmp_path / "h2")
+    assert code == 2 and "unconditional" in err  # the toy model has no classes
     for d in (model_dir, s_dir, h_dir):
         _no_temp_files(d)
 
@@ -151,3 +159,23 @@ def test_demo_small_run_writes_everything(run_cli, tmp_path):
     assert json.loads((out / "config.json").read_text())["n_samples"] == 8
     assert (out / "figures" / "toy_trajectory.png").is_file()
     _no_temp_files(out)
+
+
+def test_point_conditions_validates_labels(tmp_path):
+    from memgeo.errors import MemgeoError
+    from memgeo.models import MLPConfig, MLPEps
+    from memgeo.workflows.common import point_conditions
+
+    model = MLPEps(MLPConfig(data_shape=(2,), hidden=8, depth=1, num_classes=3))
+    assert point_conditions(model, 4) is None
+    assert point_conditions(model, 4, cond=2).tolist() == [2, 2, 2, 2]
+    np.save(tmp_path / "ok.npy", np.array([0, 1, 2, -1]))
+    assert point_conditions(model, 4, labels=str(tmp_path / "ok.npy")).tolist() == [0, 1, 2, -1]
+    np.save(tmp_path / "short.npy", np.array([0, 1]))
+    with pytest.raises(MemgeoError, match="expected \\(4,\\)"):
+        point_conditions(model, 4, labels=str(tmp_path / "short.npy"))
+    np.save(tmp_path / "bad.npy", np.array([0, 1, 5, 0]))
+    with pytest.raises(MemgeoError, match="condition 5 is not a class"):
+        point_conditions(model, 4, labels=str(tmp_path / "bad.npy"))
+    with pytest.raises(MemgeoError, match="at most one"):
+        point_conditions(model, 4, cond=1, labels=str(tmp_path / "ok.npy"))

@@ -14,16 +14,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memgeo.data import load_dataset, load_points, replace_class_with_copies
-from memgeo.errors import MemgeoError, check_finite
+from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum
 from memgeo.geometry.jacobian import check_points
 from memgeo.geometry.sharpness import resolve_time
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization import label_copies
 from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load_model_spec, train
-from memgeo.models.base import NULL_CLASS, DiffusionModel, model_dtype
+from memgeo.models.base import model_dtype
 from memgeo.report import Report, image_grid, scatter_plot, spectra_plot
-from memgeo.workflows.common import figure_to_report, say, start_run
+from memgeo.workflows.common import figure_to_report, point_conditions, say, start_run
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -105,21 +105,11 @@ class SampleRunConfig(BaseModel):
     seed: int = 0
 
 
-def _cond_tensor(model: DiffusionModel, cond: int | None, n: int) -> torch.Tensor | None:
-    if cond is None:
-        return None
-    if model.num_classes is None:
-        raise MemgeoError("--cond was given but the model is unconditional", "drop --cond")
-    if not (0 <= cond < model.num_classes or cond == NULL_CLASS):
-        raise MemgeoError(f"--cond {cond} is not a class of the model (0..{model.num_classes - 1})", "pick a valid class")
-    return torch.full((n,), cond, dtype=torch.long)
-
-
 def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     """Generate samples (``samples.npy`` (n, *data_shape)) and, with ``train_data``, label copies."""
     model = load_model_spec(cfg.model)
     sampler = get_sampler(cfg.sampler)
-    cond = _cond_tensor(model, cfg.cond, cfg.n)
+    cond = point_conditions(model, cfg.n, cfg.cond)
     out = start_run(out, cfg, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
@@ -175,16 +165,6 @@ class SharpnessRunConfig(BaseModel):
         return self
 
 
-def _load_labels(path: str) -> torch.Tensor:
-    p = Path(path)
-    if not p.is_file():
-        raise MemgeoError(f"labels file {p} does not exist", "check --labels")
-    try:
-        return torch.as_tensor(np.load(p, allow_pickle=False))
-    except (ValueError, OSError) as exc:
-        raise MemgeoError(f"labels file {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
-
-
 def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     """Hessian spectra at the given points; writes ``sharpness.json`` and ``sharpness.csv``.
 
@@ -196,14 +176,7 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     t = resolve_time(model, cfg.t, cfg.sigma)
     pts = load_points(cfg.points)
     check_points(model, pts)  # wrong dimension fails here, before the output folder exists
-    cond = _cond_tensor(model, cfg.cond, pts.shape[0])
-    if cfg.labels is not None:
-        lab = _load_labels(cfg.labels)
-        check_finite(lab, f"labels file {cfg.labels}")
-        if lab.shape != (pts.shape[0],):
-            raise MemgeoError(f"labels file {cfg.labels} has shape {tuple(lab.shape)}, expected ({pts.shape[0]},)",
-                              "give one label per point")
-        cond = lab.long()
+    cond = point_conditions(model, pts.shape[0], cfg.cond, cfg.labels)
     out = start_run(out, cfg, None)
     say(f"sharpness of {pts.shape[0]} points at t={t:.4f} with {cfg.model}")
     res = sharpness_spectrum(model, pts.to(model_dtype(model)), t, cond=cond, at=cfg.at,

@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
+from memgeo.models.base import NULL_CLASS, DiffusionModel
 from memgeo.io import provenance, write_json
 from memgeo.memorization import evaluate_detector
 from memgeo.report import Report, save_figure
@@ -63,3 +64,36 @@ def masked_mean(values: torch.Tensor | np.ndarray, mask: np.ndarray) -> float | 
         return None
     v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     return float(v[mask].astype(float).mean())
+
+
+def point_conditions(model: DiffusionModel, n: int, cond: int | None = None,
+                     labels: str | None = None) -> torch.Tensor | None:
+    """The (n,) condition tensor for ``--cond C`` (one class for all points) or ``--labels FILE.npy``
+    (one class per point), validated against the model; ``None`` when neither is given."""
+    if cond is not None and labels is not None:
+        raise MemgeoError("give at most one of --cond and --labels", "drop one")
+    if cond is None and labels is None:
+        return None
+    if model.num_classes is None:
+        raise MemgeoError("a condition was given but the model is unconditional", "drop --cond / --labels")
+    if labels is not None:
+        p = Path(labels)
+        if not p.is_file():
+            raise MemgeoError(f"labels file {p} does not exist", "check --labels")
+        try:
+            values = torch.as_tensor(np.load(p, allow_pickle=False))
+        except (ValueError, OSError) as exc:
+            raise MemgeoError(f"labels file {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
+        if values.shape != (n,):
+            raise MemgeoError(f"labels file {p} has shape {tuple(values.shape)}, expected ({n},)",
+                              "give one label per point")
+        if values.is_floating_point() and not torch.equal(values, values.round()):
+            raise MemgeoError(f"labels file {p} holds non-integer values", "save class indices")
+    else:
+        values = torch.full((n,), int(cond))
+    values = values.long()
+    bad = (values < 0) & (values != NULL_CLASS) | (values >= model.num_classes)
+    if bool(bad.any()):
+        raise MemgeoError(f"condition {int(values[bad][0])} is not a class of the model (0..{model.num_classes - 1})",
+                          "pick valid classes")
+    return values

@@ -21,7 +21,7 @@ from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import load_model_spec
 from memgeo.models.base import DiffusionModel, model_dtype
 from memgeo.report import Report, scatter_plot, score_histogram
-from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
+from memgeo.workflows.common import evaluate_or_reason, figure_to_report, point_conditions, say, start_run
 
 
 class LIDRunConfig(BaseModel):
@@ -57,14 +57,6 @@ def build_estimator(name: str, params: dict[str, Any]) -> LIDEstimator:
         raise MemgeoError(f"estimator {name!r} has no option(s) {', '.join(unknown)}",
                           f"its options are: {', '.join(p for p in accepted if p != 'self')}")
     return get_lid_estimator(name, **{k: v for k, v in params.items() if v is not None})
-
-
-def _cond(model: DiffusionModel, cond: int | None, n: int) -> torch.Tensor | None:
-    if cond is None:
-        return None
-    if model.num_classes is None or not 0 <= cond < model.num_classes:
-        raise MemgeoError(f"--cond {cond} is not a class of the model", "drop --cond or pick a valid class")
-    return torch.full((n,), cond, dtype=torch.long)
 
 
 def estimate_lid(estimator: LIDEstimator, points: torch.Tensor, *, model: DiffusionModel | None = None,
@@ -103,7 +95,7 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
         check_points(model, pts)
     elif reference is not None and reference.reshape(reference.shape[0], -1).shape[1] != pts.reshape(pts.shape[0], -1).shape[1]:
         raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
-    cond = _cond(model, cfg.cond, pts.shape[0]) if model is not None else None
+    cond = point_conditions(model, pts.shape[0], cfg.cond) if model is not None else None
     out = start_run(out, cfg, None)
     say(f"LID ({est!r}) of {pts.shape[0]} points")
     lid = estimate_lid(est, pts, model=model, reference=reference, cond=cond)
@@ -152,11 +144,7 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     if ref_spec is None:
         raise MemgeoError("audit needs data for LID_data", "pass --train-data and/or --reference")
     reference = _data_tensor(ref_spec)
-    cond = _cond(model, cfg.cond, pts.shape[0])
-    if cfg.labels:
-        cond = torch.as_tensor(np.load(cfg.labels, allow_pickle=False)).long()
-        if cond.shape != (pts.shape[0],):
-            raise MemgeoError(f"labels have shape {tuple(cond.shape)}, expected ({pts.shape[0]},)", "one per point")
+    cond = point_conditions(model, pts.shape[0], cfg.cond, cfg.labels)
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)
     if data_est.needs_model:
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
