@@ -173,3 +173,20 @@ class Contention:
             return {"wall_s": wall, "other_cpus": None}
         other = max(0.0, (busy1 - self.busy0) - (self._own() - self.own0))
         return {"wall_s": wall, "other_cpus": other / wall}
+
+
+def add_run_args(p: Any) -> None:
+    """The flags every cost benchmark shares: threads, glibc mmap threshold, seed, JSON output."""
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="set glibc M_MMAP_THRESHOLD to this many bytes (e.g. 1073741824); 0 = glibc default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write all measurements to this JSON file")
+
+
+def start_run(args: Any) -> dict[str, Any]:
+    """Apply ``--threads`` and ``--mmap-threshold`` and return the machine facts to record."""
+    torch.set_num_threads(args.threads)
+    machine = machine_facts()
+    machine["mmap_threshold"] = args.mmap_threshold if set_mmap_threshold(args.mmap_threshold) else "glibc default"
+    return machine

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import (Contention, machine_facts, machine_line, markdown_table, median, set_mmap_threshold, time_it,
-                     write_json)
+from _common import (Contention, add_run_args, machine_line, markdown_table, median, start_run,
+                     time_it, write_json)
 from memgeo.geometry import ScoreJacobianOperator, flat_score_fn, score_jacobian
 from memgeo.geometry.sharpness import spectrum_from_jacobian
 from memgeo.models import DiffusionModel, MLPConfig, MLPEps, UNetConfig, UNetEps
@@ -358,16 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--he-iters", type=int, default=100, help="hessian-eigenthings Lanczos steps (besides 2k)")
     p.add_argument("--he-power-iters", type=int, default=20,
                    help="power iterations per eigenpair (default 20: k * 20 = the Lanczos budget)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mmap-threshold", type=int, default=0,
-                   help="set glibc M_MMAP_THRESHOLD to this many bytes (e.g. 1073741824); 0 = glibc default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write all measurements to this JSON file")
+    add_run_args(p)
     args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    machine = machine_facts()
-    machine["mmap_threshold"] = args.mmap_threshold if set_mmap_threshold(args.mmap_threshold) else "glibc default"
+    machine = start_run(args)
     t_start = time.perf_counter()
     contention = Contention()
     prod_rows: list[dict] = []

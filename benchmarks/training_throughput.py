@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from _common import (Contention, machine_facts, machine_line, markdown_table, median, set_mmap_threshold, time_it,
-                     write_json)
+from _common import (Contention, add_run_args, machine_line, markdown_table, median, start_run,
+                     time_it, write_json)
 from memgeo.models import MLPConfig, ModelConfig, TrainConfig, UNetConfig, sample_ddim, train
 
 NUM_CLASSES = 10
@@ -131,16 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-batch", type=int, default=200, help="images per DDIM call for the MLPs")
     p.add_argument("--unet-sample-batch", type=int, default=32, help="images per DDIM call for the UNet")
     p.add_argument("--sample-repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mmap-threshold", type=int, default=0,
-                   help="set glibc M_MMAP_THRESHOLD to this many bytes (e.g. 1073741824); 0 = glibc default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write all measurements to this JSON file")
+    add_run_args(p)
     args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    machine = machine_facts()
-    machine["mmap_threshold"] = args.mmap_threshold if set_mmap_threshold(args.mmap_threshold) else "glibc default"
+    machine = start_run(args)
     t_start = time.perf_counter()
     contention = Contention()
     rows = []
