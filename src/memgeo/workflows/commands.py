@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from memgeo.data import load_dataset, load_points, replace_class_with_copies
 from memgeo.errors import MemgeoError
@@ -143,7 +143,11 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------------- sharpness
 class SharpnessRunConfig(BaseModel):
-    """``memgeo sharpness``: model SPEC, points file and noise level (exactly one of t, sigma)."""
+    """``memgeo sharpness``: model SPEC, points file and noise level (exactly one of t, sigma).
+
+    Both exclusive pairs (t / sigma, cond / labels) are checked where they are used, by
+    :func:`resolve_time` and :func:`point_conditions`, before the output folder is created.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -155,14 +159,6 @@ class SharpnessRunConfig(BaseModel):
     labels: str | None = None
     at: Literal["scaled", "raw"] = "scaled"
     chunk_size: int = Field(32, ge=1)
-
-    @model_validator(mode="after")
-    def _one_noise_level(self) -> "SharpnessRunConfig":
-        if (self.t is None) == (self.sigma is None):
-            raise MemgeoError("give exactly one of --t and --sigma", "e.g. --sigma 0.3")
-        if self.cond is not None and self.labels is not None:
-            raise MemgeoError("give at most one of --cond and --labels", "drop one")
-        return self
 
 
 def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ which is d at small t0; at an atom of the empirical score FLIPD is exactly 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from memgeo.geometry.jacobian import ScoreJacobianOperator, check_points, score_
 from memgeo.geometry.lid.base import LIDEstimator, register
 from memgeo.geometry.trace import TRACE_METHODS, estimate_trace
 from memgeo.models.base import DiffusionModel, as_time, expand_like, model_dtype
+from memgeo.models.schedule import VPSchedule
 
 
 @dataclass
@@ -44,6 +45,8 @@ class LIDCurve:
         Confidence interval of the trace part (equal to ``lid`` for the exact trace).
     n_matvecs : int
         Jacobian products used over the whole curve (0 for the dense exact trace).
+    dim : int
+        Ambient dimension D (0 if unknown); lets :meth:`plateau_t0` skip the LID ~ D stretch.
     """
 
     t0: torch.Tensor
@@ -53,7 +56,6 @@ class LIDCurve:
     ci_high: torch.Tensor
     n_matvecs: int = 0
     dim: int = 0
-    extra: dict = field(default_factory=dict)
 
     def at(self, t0: float) -> torch.Tensor:
         """LID at the grid point nearest to ``t0``, shape (B,)."""
@@ -247,8 +249,6 @@ class CFDM(LIDEstimator):
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "reference_"):
             raise MemgeoError("CFDM.estimate was called before fit", "call fit(reference) first")
-        from memgeo.models.schedule import VPSchedule
-
         xf = torch.as_tensor(x).reshape(x.shape[0], -1).double()
         check_finite(xf, "query points")
         if xf.shape[1] != self.reference_.shape[1]:
