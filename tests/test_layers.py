@@ -5,7 +5,7 @@ from pathlib import Path
 
 import memgeo
 
-ORDER = ["errors", "io", "data", "models", "geometry", "memorization", "report", "workflows", "cli"]
+ORDER = ["errors", "io", "data", "models", "geometry", "memorization", "collapse", "report", "workflows", "cli"]
 # report deliberately sits on plain arrays: it may use errors/io only.
 ALLOWED = {layer: set(ORDER[: i + 1]) for i, layer in enumerate(ORDER)}
 ALLOWED["report"] = {"errors", "io", "report"}

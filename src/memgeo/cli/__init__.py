@@ -201,6 +201,12 @@ def audit(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "detection"}))
 
 
+# Commands of later capabilities live in their own modules and register on `app` when imported.
+from memgeo.cli import collapse as _collapse_commands  # noqa: E402,F401
+from memgeo.cli import detect as _detect_commands  # noqa: E402,F401
+from memgeo.cli import mitigate as _mitigate_commands  # noqa: E402,F401
+
+
 def main() -> None:
     """Console entry point: run the app, turning :class:`MemgeoError` into a one-line error (exit 2).
 

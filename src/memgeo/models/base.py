@@ -78,10 +78,21 @@ class DiffusionModel(nn.Module):
                 "reshape the points to the model's data shape",
             )
         if cond is not None:
-            if self.num_classes is None:
-                raise MemgeoError("a condition was given to an unconditional model", "drop cond / --cond")
-            if cond.shape != (x.shape[0],):
-                raise MemgeoError(f"cond has shape {tuple(cond.shape)}, expected ({x.shape[0]},)", "one label per row")
+            self.check_cond(cond, x.shape[0])
+
+    def check_cond(self, cond: torch.Tensor, batch: int) -> None:
+        """Validate a condition batch; label models take (B,) integers. Prompt models override this."""
+        if self.num_classes is None:
+            raise MemgeoError("a condition was given to an unconditional model", "drop cond / --cond")
+        if cond.shape != (batch,):
+            raise MemgeoError(f"cond has shape {tuple(cond.shape)}, expected ({batch},)", "one label per row")
+
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The null ("no condition") counterpart of a condition batch, same shape as ``cond``.
+
+        Label models use :data:`NULL_CLASS` per row; prompt models return the empty prompt's embedding.
+        """
+        return torch.full_like(cond, NULL_CLASS)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -103,6 +114,19 @@ def guided_eps(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float,
     if guidance == 0.0:
         return model.eps(x, t, None)
     both = model.eps(torch.cat([x, x]), torch.cat([as_time(t, x.shape[0], x)] * 2),
-                     torch.cat([cond, torch.full_like(cond, NULL_CLASS)]))
+                     torch.cat([cond, model.null_cond(cond)]))
     e_c, e_u = both.chunk(2)
     return e_u + guidance * (e_c - e_u)
+
+
+def noise_difference(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float,
+                     cond: torch.Tensor) -> torch.Tensor:
+    """Conditional minus unconditional noise, eps(x, t, c) - eps(x, t, null), shape (B, *data_shape).
+
+    The quantity behind the prompt-level memorization scores (Wen et al.'s norm, Jeon et al.'s
+    Hessian-score product, SAIL). One batched network call on the stacked (2B) batch.
+    """
+    both = model.eps(torch.cat([x, x]), torch.cat([as_time(t, x.shape[0], x)] * 2),
+                     torch.cat([cond, model.null_cond(cond)]))
+    e_c, e_u = both.chunk(2)
+    return e_c - e_u

@@ -1,0 +1,5 @@
+"""`memgeo detect` (prompt-level memorization scores): registers its command on :data:`memgeo.cli.app`."""
+
+from __future__ import annotations
+
+from memgeo.cli import app  # noqa: F401

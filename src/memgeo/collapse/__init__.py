@@ -1,0 +1,1 @@
+"""Model-collapse simulator: recursive training on synthetic data."""
