@@ -1,0 +1,49 @@
+"""Prompt-level memorization mitigation: a registry of methods sharing one ``generate`` signature.
+
+==================  ==========================================================================
+name                method
+==================  ==========================================================================
+``none``            plain classifier-free guided DDIM (the baseline, same seeds)
+``sail``            SAIL: initial noise minimising a first-step sharpness objective (Jeon et al.)
+``wen_prompt``      prompt-embedding optimisation of ||d_eps|| at the first step (Wen et al.)
+``jain_delayed``    CFG switched on after the first local minimum of ||d_eps|| (Jain et al.)
+``han_noise``       initial noise adjusted to a small first-step ||d_eps|| (Han et al.)
+==================  ==========================================================================
+
+Usage::
+
+    method = get_mitigation("sail", n_candidates=4, opt_steps=10)
+    res = method.generate(model, model.encode(prompts), x_T, steps=50, guidance=3.0, generator=g)
+    res.samples, res.noise, res.nfe, res.nbe, res.diagnostics
+
+Each method's class docstring states the algorithm as implemented and its cost formula.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memgeo.errors import MemgeoError, check_choice
+from memgeo.memorization.mitigation_base import CostTally, Mitigation, MitigationResult, sample_guided
+from memgeo.memorization.mitigation_guidance import DelayedGuidance, NoMitigation
+from memgeo.memorization.mitigation_noise import SAIL, InitialNoiseAdjustment
+from memgeo.memorization.mitigation_prompt import PromptEmbeddingOptimisation
+
+MITIGATIONS: dict[str, type[Mitigation]] = {
+    cls.name: cls for cls in (NoMitigation, SAIL, PromptEmbeddingOptimisation, DelayedGuidance,
+                              InitialNoiseAdjustment)
+}
+
+
+def get_mitigation(name: str, **params: Any) -> Mitigation:
+    """Build a mitigation from its registry name and hyper-parameters (see each class)."""
+    check_choice(name, list(MITIGATIONS), "mitigation method")
+    try:
+        return MITIGATIONS[name](**params)
+    except TypeError as exc:
+        raise MemgeoError(f"invalid parameters {sorted(params)} for mitigation {name!r} ({exc})",
+                          f"see help(memgeo.memorization.mitigation.{MITIGATIONS[name].__name__})") from exc
+
+
+__all__ = ["MITIGATIONS", "SAIL", "CostTally", "DelayedGuidance", "InitialNoiseAdjustment", "Mitigation",
+           "MitigationResult", "NoMitigation", "PromptEmbeddingOptimisation", "get_mitigation", "sample_guided"]
