@@ -1,0 +1,245 @@
+"""The contract of a prompt-level memorization score, its result, the registry and shared helpers.
+
+A score answers "does this prompt make the model copy a training image?" from a few network
+evaluations at the start of sampling. Every score
+
+* has its hyper-parameters in ``__init__`` (no work there) and a fixed sign: **higher means more
+  likely memorized**, never flipped after looking at labels;
+* is computed by ``compute(model, cond, x_T, sampling=..., cache=...) -> ScoreResult`` on encoded
+  prompts ``cond`` (B, L, E) and initial noises ``x_T`` (B, n, *data_shape), one row of noise per
+  generation; the value of a prompt is the mean over its n generations;
+* reports its cost in network passes per prompt: forward evaluations plus derivative passes
+  (a JVP tangent pass, a VJP backward pass; a double-VJP J v counts two), counted by the algorithm
+  and checked against :class:`CountingPromptModel` in the tests.
+
+To add a score, subclass :class:`PromptScore`, give it a unique ``name``, implement
+:meth:`PromptScore.rows` and decorate it with :func:`register_prompt_score`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from memgeo.errors import MemgeoError
+from memgeo.models.base import DiffusionModel, as_time, model_dtype
+from memgeo.models.counting import CountingModel
+from memgeo.models.sampling import time_grid
+
+
+class SamplingSettings(BaseModel):
+    """The sampler the scores look at: DDIM on ``time_grid(steps, t_max, t_min)`` with CFG weight ``guidance``.
+
+    "Step one" of every first-step score is the network evaluation at ``t_max`` on the initial noise.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(50, ge=1)
+    guidance: float = 3.0
+    t_max: float = Field(1.0, gt=0, le=1)
+    t_min: float = Field(1e-3, gt=0, lt=1)
+    clip: tuple[float, float] | None = None
+
+    def grid(self) -> torch.Tensor:
+        """Decreasing times, shape (steps + 1,), float64."""
+        return time_grid(self.steps, self.t_max, self.t_min)
+
+
+@dataclass
+class ScoreResult:
+    """Values of one score for a batch of B prompts with n generations each.
+
+    Attributes
+    ----------
+    name : str
+        Registry name of the score (higher = more likely memorized).
+    values : Tensor, shape (B,), float64
+        Per-prompt score: the mean of ``per_generation`` over generations.
+    per_generation : Tensor, shape (B, n), float64
+    forward_evals : float
+        Network forward evaluations per prompt (all n generations).
+    derivative_passes : float
+        JVP/VJP passes through the network per prompt.
+    seconds : float
+        Wall-clock time of the whole batch.
+    extra : dict of str to Tensor (B, n)
+        Side quantities (e.g. the count of flat directions), per generation.
+    """
+
+    name: str
+    values: torch.Tensor
+    per_generation: torch.Tensor
+    forward_evals: float
+    derivative_passes: float
+    seconds: float
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def evals_per_prompt(self) -> float:
+        """Network passes per prompt: forward evaluations plus derivative passes."""
+        return self.forward_evals + self.derivative_passes
+
+    @property
+    def ms_per_prompt(self) -> float:
+        return 1000.0 * self.seconds / max(int(self.values.shape[0]), 1)
+
+
+@dataclass
+class RowCost:
+    """Cost of one generation (one row): forward evaluations and derivative passes."""
+
+    forward: float
+    derivative: float = 0.0
+
+
+class PromptScore:
+    """Base class of prompt-level scores; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    #: True when the score needs the finished generation x_0 (full sampling), not only step one.
+    needs_sample: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__`` (for configs and reports)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+    def rows(self, model: DiffusionModel, cond: torch.Tensor, x: torch.Tensor, sampling: SamplingSettings,
+             cache: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], RowCost]:
+        """Per-row values (R,), extra per-row quantities and the cost per row, for R = B * n rows."""
+        raise NotImplementedError
+
+    def compute(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *,
+                sampling: SamplingSettings | None = None, cache: dict[str, Any] | None = None) -> ScoreResult:
+        """Score B prompts.
+
+        Parameters
+        ----------
+        model : PromptDiffusionModel
+        cond : Tensor, shape (B, L, E)
+            Encoded prompts (``model.encode(prompts)``).
+        x_T : Tensor, shape (B, n, *data_shape) or (B, *data_shape)
+            Initial noise of each generation (n = 1 in the second form).
+        sampling : SamplingSettings, optional
+        cache : dict, optional
+            Shared between the scores of one batch (same cond and x_T): finished samples are
+            generated once and reused (``cache["x0"]``).
+
+        Returns
+        -------
+        ScoreResult
+        """
+        sampling = sampling or SamplingSettings()
+        cache = {} if cache is None else cache
+        x_rows, cond_rows, b, n = flatten_generations(model, cond, x_T)
+        start = time.perf_counter()
+        vals, extra, cost = self.rows(model, cond_rows, x_rows, sampling, cache)
+        seconds = time.perf_counter() - start
+        per_gen = vals.detach().double().reshape(b, n)
+        if not torch.isfinite(per_gen).all():
+            raise MemgeoError(f"score {self.name} produced NaN/inf values", "check the model and the sampling settings")
+        return ScoreResult(name=self.name, values=per_gen.mean(1), per_generation=per_gen,
+                           forward_evals=cost.forward * n, derivative_passes=cost.derivative * n, seconds=seconds,
+                           extra={k: v.detach().double().reshape(b, n) for k, v in extra.items()})
+
+
+PROMPT_SCORES: dict[str, type[PromptScore]] = {}
+
+
+def register_prompt_score(cls: type[PromptScore]) -> type[PromptScore]:
+    """Class decorator adding a score to :data:`PROMPT_SCORES` under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    PROMPT_SCORES[cls.name] = cls
+    return cls
+
+
+def get_prompt_score(name: str, **params: Any) -> PromptScore:
+    """Instantiate a registered prompt score by name with hyper-parameters."""
+    if name not in PROMPT_SCORES:
+        raise MemgeoError(f"unknown prompt score {name!r}", f"choose one of: {', '.join(PROMPT_SCORES)}")
+    try:
+        return PROMPT_SCORES[name](**params)
+    except TypeError as exc:
+        raise MemgeoError(f"bad options for prompt score {name!r} ({exc})", "see its docstring") from exc
+
+
+def parse_score_names(text: str | Sequence[str]) -> list[str]:
+    """``"wen,jeon"`` or a list -> validated, de-duplicated names in order."""
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not names:
+        raise MemgeoError("no detection score was named", f"pass e.g. --scores {','.join(PROMPT_SCORES)}")
+    for s in names:
+        if s not in PROMPT_SCORES:
+            raise MemgeoError(f"unknown prompt score {s!r}", f"choose from: {', '.join(PROMPT_SCORES)}")
+    return list(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by the scores
+# --------------------------------------------------------------------------------------------
+
+
+class CountingPromptModel(CountingModel):
+    """:class:`CountingModel` for prompt models: also delegates the null condition and its checks."""
+
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.inner.null_cond(cond)
+
+    def check_cond(self, cond: torch.Tensor, batch: int) -> None:
+        self.inner.check_cond(cond, batch)
+
+
+def flatten_generations(model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(B, n, *shape) noise and (B, L, E) cond -> rows (B n, *shape), cond rows (B n, L, E), B, n."""
+    shape = tuple(model.data_shape)
+    if cond.ndim < 1:
+        raise MemgeoError("cond has no batch dimension", "encode the prompts with model.encode(prompts)")
+    b = cond.shape[0]
+    if tuple(x_T.shape[1:]) == shape:
+        x_T = x_T[:, None]
+    if x_T.shape[0] != b or tuple(x_T.shape[2:]) != shape:
+        raise MemgeoError(f"initial noise has shape {tuple(x_T.shape)}, expected ({b}, n, "
+                          f"{', '.join(map(str, shape))})", "draw n noises per prompt (see generation_noise)")
+    n = x_T.shape[1]
+    model.check_cond(cond, b)
+    return x_T.reshape((b * n,) + shape), cond.repeat_interleave(n, dim=0), b, n
+
+
+def generation_noise(model: DiffusionModel, seeds: Sequence[int], n: int) -> torch.Tensor:
+    """Initial noise of n generations per prompt, each prompt from its own seed: (B, n, *data_shape).
+
+    Generation j of a prompt depends only on (seed, j): results do not change with batching or
+    order, and the first generations of an n-generation run equal those of a shorter run.
+    """
+    if n < 1:
+        raise MemgeoError(f"generations={n}", "use at least one generation per prompt")
+    dtype = model_dtype(model)
+    out = [torch.randn((n,) + tuple(model.data_shape), generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
+           for s in seeds]
+    return torch.stack(out)
+
+
+def eps_pair(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps(x, t, c), eps(x, t, null)) in one batched call on 2R rows; 2 forward evaluations per row."""
+    both = model.eps(torch.cat([x, x]), as_time(t, 2 * x.shape[0], x), torch.cat([cond, model.null_cond(cond)]))
+    return both.chunk(2)
+
+
+def flat_norm(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row over all pixels, (R, ...) -> (R,)."""
+    return v.reshape(v.shape[0], -1).norm(dim=1)
+
+
+def sigma_at(model: DiffusionModel, t: float) -> float:
+    return float(model.schedule.sigma(torch.tensor(t, dtype=torch.float64)))
