@@ -122,7 +122,7 @@ def run_set(key: str, args: argparse.Namespace) -> dict[str, Any]:
     x_tr, x_ev, lid_ev, comp_ev = x_all[tr], x_all[ev], lid_all[ev], comp_all[ev]
     n, d = x_tr.shape
     hidden = max(128, 1 << (max(d, 128) - 1).bit_length())
-    mcfg = MLPConfig(data_shape=(d,), hidden=hidden, depth=3)
+    mcfg = MLPConfig(data_shape=(d,), hidden=hidden, depth=3, prediction=args.prediction)
     steps = args.steps if args.steps else (args.steps_d100 if d >= 100 else args.steps_small)
     tcfg = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=steps,
                        log_every=max(1, steps // 10))
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-small", type=int, default=5000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--prediction", choices=["eps", "x0"], default="eps", help="network output parametrisation")
     p.add_argument("--t0", type=float, default=0.05, help="fixed t0 of FLIPD")
     p.add_argument("--probes", type=int, default=8)
     p.add_argument("--no-unit-spread", dest="unit_spread", action="store_false")

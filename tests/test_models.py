@@ -529,6 +529,38 @@ def test_unet_eps_shapes_conditioning_and_row_independence():
         _rows_independent(plain, torch.randn(3, 2, 8, 8), torch.tensor([0.2, 0.5, 0.8]), atol=1e-5)
 
 
+
+def test_x0_prediction_converts_to_the_exact_noise_and_gives_flat_off_manifold_jacobian(tmp_path):
+    from memgeo.geometry.jacobian import score_jacobian
+    from memgeo.models.nets import output_to_eps
+
+    sch = VPSchedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, dtype=F64, generator=g)
+    noise = torch.randn(6, 3, dtype=F64, generator=g)
+    t = torch.tensor([0.001, 0.01, 0.1, 0.3, 0.7, 1.0], dtype=F64)
+    xt = sch.sqrt_alpha_bar(t)[:, None] * x0 + sch.sigma(t)[:, None] * noise
+    # a perfect clean-data output gives back exactly the noise that was added
+    torch.testing.assert_close(output_to_eps(x0, xt, t, sch, "x0"), noise, rtol=1e-10, atol=1e-10)
+    assert output_to_eps(x0, xt, t, sch, "eps") is x0
+    # a network whose clean-data output is constant has score -(x - psi c)/sigma^2: Jacobian exactly -I/sigma^2
+    model = MLPEps(MLPConfig(data_shape=(3,), hidden=16, depth=1, time_dim=8, prediction="x0")).to(F64).eval()
+    with torch.no_grad():
+        model.out.weight.zero_()
+    for tv in (0.01, 0.2):
+        jac = score_jacobian(model, torch.randn(4, 3, dtype=F64, generator=g), tv)
+        expected = -torch.eye(3, dtype=F64) / float(sch.sigma(torch.tensor(tv, dtype=F64))) ** 2
+        torch.testing.assert_close(jac, expected.expand(4, 3, 3), rtol=1e-10, atol=1e-8)
+    # the choice survives a checkpoint round trip
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config.prediction == "x0"
+    x = torch.randn(2, 3, generator=g)
+    torch.testing.assert_close(loaded.eps(x, 0.3), model.float().eps(x, 0.3))
+    with pytest.raises(ValueError):
+        MLPConfig(data_shape=(3,), prediction="v")
+
+
 # ============================================================================ training and checkpoints
 
 TINY = MLPConfig(data_shape=(2,), hidden=32, depth=1, time_dim=16)

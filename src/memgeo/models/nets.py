@@ -46,6 +46,25 @@ class MLPConfig(BaseModel):
     time_dim: int = Field(128, ge=8)
     num_classes: int | None = Field(None, ge=1)
     schedule: VPSchedule = VPSchedule()
+    prediction: Literal["eps", "x0"] = "eps"
+
+
+def output_to_eps(raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: VPSchedule,
+                  prediction: str) -> torch.Tensor:
+    """Turn the network's raw output into the predicted noise, all shapes (B, *data_shape).
+
+    ``"eps"``: the output is the noise. ``"x0"``: the output is the clean-data estimate D and
+    eps = (x - psi_t D) / sigma_t. The x0 form matters for the geometry at small t: off the data manifold
+    the exact score's Jacobian has eigenvalues -1/sigma_t^2, which an eps network must produce as a slope
+    1/sigma_t that changes with t, whereas an x0 network only has to be flat there (dD/dx = 0); the
+    sum of ~D such eigenvalues is what FLIPD reads, so small relative slope errors add up to whole
+    dimensions (see docs/design.md).
+    """
+    if prediction == "eps":
+        return raw
+    psi = expand_like(schedule.sqrt_alpha_bar(t), x)
+    sigma = expand_like(schedule.sigma(t), x)
+    return (x - psi * raw) / sigma
 
 
 class _ResBlock(nn.Module):
@@ -86,7 +105,8 @@ class MLPEps(DiffusionModel):
         h = self.inp(x.reshape(b, -1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+        raw = self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+        return output_to_eps(raw, x, tt, self.schedule, self.config.prediction)
 
 
 class UNetConfig(BaseModel):
@@ -100,6 +120,7 @@ class UNetConfig(BaseModel):
     layers_per_block: int = Field(1, ge=1)
     num_classes: int | None = Field(None, ge=1)
     schedule: VPSchedule = VPSchedule()
+    prediction: Literal["eps", "x0"] = "eps"
 
 
 class UNetEps(DiffusionModel):
@@ -132,7 +153,8 @@ class UNetEps(DiffusionModel):
         b = x.shape[0]
         tt = as_time(t, b, x)
         labels = _class_index(cond, b, self.num_classes, x.device) if self.num_classes else None
-        return self.unet(x, 1000.0 * tt, class_labels=labels).sample
+        raw = self.unet(x, 1000.0 * tt, class_labels=labels).sample
+        return output_to_eps(raw, x, tt, self.schedule, self.config.prediction)
 
 
 ModelConfig = MLPConfig | UNetConfig
