@@ -1,0 +1,271 @@
+"""``memgeo mitigate``: sample every prompt with each mitigation method and measure copying and fidelity.
+
+Output folder::
+
+    config.json, provenance.json   resolved settings (a rerun with other settings is refused)
+    records/<method>/NNNNN.json    one finished prompt: seeds, cost, seconds, diagnostics (written last)
+    records/<method>/NNNNN.npy     its generations, (G, *data_shape)
+    generations.csv                one row per generation: copy label, nearest training image, class
+    results.json, results.csv      one row per method: copy rates, accuracy, cost (and the baseline deltas)
+    report.html                    the table, the trade-off plot and method-by-prompt grids
+
+Resumable: a prompt's record is written atomically after its generations, so a run killed halfway
+keeps every finished prompt and a rerun with the same options only generates the missing ones.
+Every generation's noise comes from its own seed (``seed + prompt_index * generations + g``, or the
+prompt file's ``seed`` field in place of ``seed + prompt_index * generations``), so results do not
+depend on where a run was interrupted, and every method starts from the same noises as the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from memgeo.data.prompts import PromptEntry, load_prompts
+from memgeo.errors import MemgeoError
+from memgeo.io import write_csv, write_json, write_npy
+from memgeo.memorization.copies import COPY_CRITERIA, label_copies
+from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigation
+from memgeo.models.prompt import PromptDiffusionModel, load_prompt_model
+from memgeo.report import Report
+from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
+from memgeo.workflows.common import figure_to_report, say, start_run
+
+BASELINE = "none"
+
+
+class MitigateConfig(BaseModel):
+    """Settings of :func:`run_mitigate`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    prompts: str
+    methods: tuple[str, ...] = ("none", "sail")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="hyper-parameters per method")
+    generations: int = Field(4, ge=1)
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(4.0, ge=0)
+    clip: float | None = Field(1.0, gt=0, description="clamp x0 predictions to [-clip, clip]; None: no clamp")
+    train_data: str | None = None
+    classifier: str | None = None
+    criterion: str = "ratio"
+    threshold: float | None = None
+    max_prompts: int | None = Field(None, ge=1)
+    seed: int = 0
+    grid_prompts: int = Field(8, ge=0)
+
+
+def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:
+    names = list(dict.fromkeys((BASELINE,) + tuple(cfg.methods)))  # the baseline always runs, first
+    for name in names:
+        if name not in MITIGATIONS:
+            raise MemgeoError(f"unknown mitigation method {name!r}", f"choose from: {', '.join(MITIGATIONS)}")
+    extra = set(cfg.params) - set(names)
+    if extra:
+        raise MemgeoError(f"parameters given for methods not run: {', '.join(sorted(extra))}",
+                          "add them to --method or drop their parameters")
+    return {name: get_mitigation(name, **cfg.params.get(name, {})) for name in names}
+
+
+def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[PromptEntry], np.ndarray | None, Any]:
+    if cfg.criterion not in COPY_CRITERIA:
+        raise MemgeoError(f"unknown copy criterion {cfg.criterion!r}", f"choose from: {', '.join(COPY_CRITERIA)}")
+    prompts = load_prompts(cfg.prompts)
+    if cfg.max_prompts is not None:
+        prompts = prompts[: cfg.max_prompts]
+    model = load_prompt_model(cfg.model)
+    train = None
+    if cfg.train_data is not None:
+        path = Path(cfg.train_data)
+        if not path.is_file():
+            raise MemgeoError(f"training data {path} does not exist", "pass the train_x.npy of the model")
+        try:
+            train = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise MemgeoError(f"training data {path} is not a readable .npy ({exc})", "save it with numpy.save") from exc
+        if tuple(train.shape[1:]) != tuple(model.data_shape):
+            raise MemgeoError(f"training data has per-image shape {tuple(train.shape[1:])} but the model makes "
+                              f"{tuple(model.data_shape)}", "pass the model's own training images")
+    classifier = None
+    if cfg.classifier is not None:
+        from memgeo.models.classifier import load_classifier
+
+        if not Path(cfg.classifier).exists():
+            raise MemgeoError(f"classifier {cfg.classifier} does not exist", "check --classifier")
+        classifier = load_classifier(cfg.classifier)
+        if any(p.label is None for p in prompts):
+            raise MemgeoError("a classifier was given but some prompts have no 'label' field",
+                              "add the intended class as 'label' to every prompt (.jsonl/.csv)")
+    return model, prompts, train, classifier
+
+
+def _check_resume(out: Path, cfg: MitigateConfig) -> None:
+    """Refuse to mix results of different settings in one folder."""
+    old = out / "config.json"
+    if old.is_file():
+        previous = json.loads(old.read_text())
+        now = json.loads(cfg.model_dump_json())
+        if previous != now:
+            diff = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
+            raise MemgeoError(f"{out} holds a run with other settings ({', '.join(diff)} differ)",
+                              "rerun with the same options to resume, or choose a new --out")
+
+
+def prompt_seed(cfg: MitigateConfig, index: int, entry: PromptEntry) -> int:
+    """First seed of a prompt's generations (generation g uses this + g)."""
+    return entry.seed if entry.seed is not None else cfg.seed + index * cfg.generations
+
+
+def _generate_prompt(method: Mitigation, model: PromptDiffusionModel, cfg: MitigateConfig, index: int,
+                     entry: PromptEntry) -> tuple[np.ndarray, dict[str, Any]]:
+    base = prompt_seed(cfg, index, entry)
+    seeds = [base + g for g in range(cfg.generations)]
+    noise = torch.stack([torch.randn(model.data_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        cond = model.encode([entry.prompt]).expand(cfg.generations, -1, -1).clone()
+    clip = None if cfg.clip is None else (-cfg.clip, cfg.clip)
+    t0 = time.perf_counter()
+    res = method.generate(model, cond, noise.to(cond.dtype), steps=cfg.steps, guidance=cfg.guidance,
+                          generator=torch.Generator().manual_seed(base + 2 ** 31), clip=clip)
+    seconds = time.perf_counter() - t0
+    record = {"index": index, "prompt": entry.prompt, "memorized": entry.memorized, "label": entry.label,
+              "train_index": entry.extra.get("train_index"), "seeds": seeds, "nfe": res.nfe.tolist(),
+              "nbe": res.nbe.tolist(), "seconds": seconds,
+              "diagnostics": {k: np.asarray(v, dtype=float).tolist() for k, v in res.diagnostics.items()}}
+    return res.samples.detach().cpu().float().numpy(), record
+
+
+def _rate(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _summaries(rows: list[dict], names: list[str]) -> list[dict]:
+    table = []
+    for name in names:
+        mine = [r for r in rows if r["method"] == name]
+        row: dict[str, Any] = {"method": name, "n_generations": len(mine)}
+        for group, sel in (("memorized", [r for r in mine if r["memorized"] is True]),
+                           ("generic", [r for r in mine if r["memorized"] is False]), ("all", mine)):
+            row[f"copy_rate_{group}"] = _rate(sel, "is_copy")
+            row[f"accuracy_{group}"] = _rate(sel, "correct_class")
+        row["copies_own_image_memorized"] = _rate([r for r in mine if r["memorized"] is True], "copies_own_image")
+        row["nfe_per_generation"] = _rate(mine, "nfe")
+        row["nbe_per_generation"] = _rate(mine, "nbe")
+        row["seconds_per_generation"] = _rate(mine, "seconds")
+        table.append(row)
+    base = table[0]
+    for row in table:  # deltas against the baseline (same prompts, same seeds)
+        b, r = base["copy_rate_memorized"], row["copy_rate_memorized"]
+        row["copy_reduction_memorized"] = None if b in (None, 0) or r is None else 1 - r / b
+        b, r = base["accuracy_all"], row["accuracy_all"]
+        row["accuracy_drop_points"] = None if b is None or r is None else 100 * (b - r)
+    return table
+
+
+def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Generate with every method, label copies and classes, write results and report; returns the summary."""
+    out = Path(out)
+    methods = _methods(cfg)
+    model, prompts, train, classifier = _load_inputs(cfg)
+    _check_resume(out, cfg)
+    out = start_run(out, cfg, cfg.seed, n_prompts=len(prompts))
+    names = list(methods)
+    say(f"mitigate: {len(prompts)} prompts x {cfg.generations} generations, methods {', '.join(names)} -> {out}")
+    samples: dict[str, list[np.ndarray]] = {}
+    records: dict[str, list[dict]] = {}
+    for name, method in methods.items():
+        folder = out / "records" / name
+        done = 0
+        for i, entry in enumerate(tqdm(prompts, desc=name, disable=not progress, leave=False)):
+            rec_path, npy_path = folder / f"{i:05d}.json", folder / f"{i:05d}.npy"
+            if rec_path.is_file() and npy_path.is_file():
+                done += 1
+                continue
+            x, record = _generate_prompt(method, model, cfg, i, entry)
+            write_npy(npy_path, x)
+            write_json(rec_path, record)  # last: its presence marks the prompt as finished
+        if done:
+            say(f"{name}: resumed, {done} of {len(prompts)} prompts were already finished")
+        records[name] = [json.loads((folder / f"{i:05d}.json").read_text()) for i in range(len(prompts))]
+        samples[name] = [np.load(folder / f"{i:05d}.npy") for i in range(len(prompts))]
+    rows = _label(cfg, names, prompts, samples, records, train, classifier)
+    table = _summaries(rows, names)
+    write_csv(out / "generations.csv", rows)
+    write_csv(out / "results.csv", table)
+    summary = {"methods": {n: {"summary": methods[n].summary, "params": methods[n].params()} for n in names},
+               "table": table, "n_prompts": len(prompts), "generations": cfg.generations, "steps": cfg.steps,
+               "guidance": cfg.guidance,
+               "copy_criterion": None if train is None else {"name": cfg.criterion, "threshold": rows[0]["threshold"]}}
+    write_json(out / "results.json", summary)
+    _report(out, cfg, summary, names, prompts, samples, rows)
+    return summary
+
+
+def _label(cfg: MitigateConfig, names: list[str], prompts: list[PromptEntry], samples: dict[str, list[np.ndarray]],
+           records: dict[str, list[dict]], train: np.ndarray | None, classifier: Any) -> list[dict]:
+    rows: list[dict] = []
+    for name in names:
+        x = np.concatenate(samples[name])
+        copies = label_copies(x, train, cfg.criterion, cfg.threshold) if train is not None else None
+        pred = classifier.predict(torch.from_numpy(x)).numpy() if classifier is not None else None
+        m = 0
+        for rec in records[name]:
+            for g, seed in enumerate(rec["seeds"]):
+                row = {"method": name, "prompt_index": rec["index"], "prompt": rec["prompt"],
+                       "memorized": rec["memorized"], "label": rec["label"], "seed": seed, "nfe": rec["nfe"][g],
+                       "nbe": rec["nbe"][g], "seconds": rec["seconds"] / len(rec["seeds"])}
+                if copies is not None:
+                    own = rec["train_index"]
+                    row.update(is_copy=bool(copies.is_copy[m]), d1=float(copies.d1[m]), d2=float(copies.d2[m]),
+                               nn_index=int(copies.nn_index[m]), threshold=copies.threshold,
+                               copies_own_image=None if own is None else bool(
+                                   copies.is_copy[m] and int(copies.nn_index[m]) == int(own)))
+                if pred is not None:
+                    row.update(predicted=int(pred[m]), correct_class=bool(pred[m] == rec["label"]))
+                row.update({f"diag_{k}": v[g] for k, v in rec["diagnostics"].items()})
+                rows.append(row)
+                m += 1
+    return rows
+
+
+def _report(out: Path, cfg: MitigateConfig, summary: dict, names: list[str], prompts: list[PromptEntry],
+            samples: dict[str, list[np.ndarray]], rows: list[dict]) -> None:
+    report = Report("memgeo mitigate", subtitle=f"{cfg.model} | {cfg.prompts}")
+    cols = ["method", "copy_rate_memorized", "copy_reduction_memorized", "accuracy_all", "accuracy_drop_points",
+            "copy_rate_generic", "accuracy_memorized", "accuracy_generic", "nfe_per_generation",
+            "nbe_per_generation", "seconds_per_generation"]
+    report.add_table(summary["table"], heading="Methods", columns=cols)
+    report.add_text(
+        "Copy rate: share of generations labelled copies of a training image "
+        f"(criterion {cfg.criterion}); accuracy: the digit classifier's agreement with the prompt's intended "
+        f"class. Same prompts and seeds for every method; {cfg.generations} generations per prompt, "
+        f"{cfg.steps} DDIM steps, guidance {cfg.guidance}. NFE/NBE: forward/backward network evaluations per "
+        "generation (counted), seconds: wall time per generation.")
+    table = summary["table"]
+    cr = np.array([np.nan if r["copy_rate_memorized"] is None else r["copy_rate_memorized"] for r in table])
+    acc = np.array([np.nan if r["accuracy_all"] is None else r["accuracy_all"] for r in table])
+    if np.isfinite(cr).any() and np.isfinite(acc).any():
+        fig = tradeoff_plot(names, cr, acc, np.array([r["nfe_per_generation"] for r in table]))
+        figure_to_report(report, fig, out / "tradeoff.png", heading="Copying against fidelity")
+    by_key = {(r["method"], r["prompt_index"], r["seed"]): r for r in rows}
+    for flag, label in ((True, "memorized"), (False, "generic"), (None, "unlabelled")):
+        idx = [i for i, p in enumerate(prompts) if p.memorized is flag][: cfg.grid_prompts]
+        if not idx:
+            continue
+        imgs = np.stack([np.stack([samples[n][i][0] for i in idx]) for n in names])
+        seeds = [prompt_seed(cfg, i, prompts[i]) for i in idx]
+        hl = np.array([[bool(by_key[(n, i, s)].get("is_copy", False)) for i, s in zip(idx, seeds)] for n in names])
+        fig = method_grid(imgs, names, hl, title=f"{label} prompts, first generation (copies in red)")
+        figure_to_report(report, fig, out / f"grid_{label}.png", heading=f"Samples: {label} prompts")
+    report.add_json(summary["methods"], heading="Method parameters")
+    report.add_json(json.loads(cfg.model_dump_json()), heading="Config")
+    report.write(out / "report.html")
