@@ -121,9 +121,29 @@ def test_fpregress_and_normal_bundle_on_flat_gaussian():
     model, basis = _flat_gaussian(ambient=60, d=6)
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(7), dtype=F64) @ basis.T
     assert abs(float(FPRegress(t_low=0.002, t_high=0.02).estimate(model, x).mean()) - 6) < 0.2
-    nb = NormalBundle(t0=0.01)
-    assert torch.equal(nb.estimate(model, x), torch.full((10,), 6.0, dtype=F64))
-    assert nb.singular_values_.shape == (10, 60)
+    for rule in ("threshold", "gap"):
+        nb = NormalBundle(t0=0.01, rule=rule)
+        assert torch.equal(nb.estimate(model, x), torch.full((10,), 6.0, dtype=F64))
+        assert nb.singular_values_.shape == (10, 60)
+
+
+def test_normal_bundle_threshold_rule_reaches_zero_and_full_dimension():
+    """An atom has every direction normal (LID 0); a wide full-rank Gaussian none (LID D).
+
+    The gap rule cannot return either end: it always splits the spectrum somewhere.
+    """
+    atom = torch.full((1, 12), 0.3, dtype=F64)
+    others = torch.randn(30, 12, generator=torch.Generator().manual_seed(3), dtype=F64) * 5
+    mixture = EmpiricalMixtureScore(torch.cat([atom.repeat(20, 1), others]))
+    wide = GaussianScore(torch.zeros(12, dtype=F64), 25.0 * torch.eye(12, dtype=F64))
+    x = torch.randn(4, 12, generator=torch.Generator().manual_seed(4), dtype=F64)
+    assert torch.equal(NormalBundle(t0=0.01).estimate(mixture, atom), torch.zeros(1, dtype=F64))
+    assert torch.equal(NormalBundle(t0=0.01).estimate(wide, x), torch.full((4,), 12.0, dtype=F64))
+    gap_atom = NormalBundle(t0=0.01, rule="gap").estimate(mixture, atom)
+    gap_wide = NormalBundle(t0=0.01, rule="gap").estimate(wide, x)
+    assert 0 < float(gap_atom[0]) < 12 and bool(((gap_wide > 0) & (gap_wide < 12)).all())
+    with pytest.raises(MemgeoError, match="normal-bundle rule"):
+        NormalBundle(rule="biggest").estimate(wide, x)
 
 
 def test_registry_and_errors():
