@@ -164,16 +164,21 @@ class TinyPromptNet(PromptDiffusionModel):
     forward_mode : bool
         False routes the hidden layer through an autograd Function without a forward-mode rule,
         so that ``torch.func.jvp`` fails as it does through some diffusers attention kernels.
+    validate : bool
+        True checks the input for NaN with Python control flow, which ``vmap`` refuses (as input
+        validation in real models does).
     """
 
     def __init__(self, vocabulary: Sequence[str], data_shape: tuple[int, ...] = (1, 4, 4), hidden: int = 32,
-                 seed: int = 0, forward_mode: bool = True, dtype: torch.dtype = torch.float64) -> None:
+                 seed: int = 0, forward_mode: bool = True, validate: bool = False,
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.schedule = VPSchedule()
         self.data_shape = tuple(data_shape)
         self.max_len = 6
         self.forward_mode = forward_mode
+        self.validate = validate
         self.vocab = ["<pad>", "<unk>"] + sorted(set(vocabulary))
         self.index = {w: i for i, w in enumerate(self.vocab)}
         d, e = self.dim, 8
@@ -197,6 +202,8 @@ class TinyPromptNet(PromptDiffusionModel):
 
     def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
+        if self.validate and not bool(torch.isfinite(x).all()):
+            raise ValueError("non-finite input")
         if cond is None:
             cond = self.null_cond(torch.zeros(b, 1, 1, dtype=x.dtype))
         xf = x.reshape(b, -1)

@@ -204,3 +204,23 @@ def test_sharpness_reports_flat_directions_and_bad_shapes_are_rejected(net):
     assert 0 <= res.extra["n_flat"].item() <= net.dim
     with pytest.raises(MemgeoError, match="initial noise"):
         get_prompt_score("wen").compute(net, cond, torch.zeros(2, 1, 1, 4, 4, dtype=torch.float64))
+
+
+def test_dense_jacobian_and_flipd_fall_back_where_vmap_is_refused(net):
+    from memgeo.geometry.jacobian import score_jacobian
+    from memgeo.memorization.prompt_scores.base import dense_score_jacobian
+    from memgeo.memorization.prompt_scores.sampled import exact_flipd
+
+    strict = TinyPromptNet(["a", "photo", "of", "cat", "dog", "zebra"], validate=True)
+    cond = net.encode(["a photo of cat", "dog"])
+    x = generation_noise(net, [0, 1], 1)[:, 0]
+    with pytest.raises(RuntimeError, match="vmap"):
+        score_jacobian(strict, x, 0.3, cond)
+    torch.testing.assert_close(dense_score_jacobian(strict, x, 0.3, cond), score_jacobian(net, x, 0.3, cond))
+    torch.testing.assert_close(exact_flipd(strict, x, 0.05, cond),
+                               FLIPD(t0=0.05).estimate(net, x, cond=cond).double())
+    settings = SamplingSettings(steps=3)
+    for name in ("sharpness", "flipd_cond"):
+        a = get_prompt_score(name).compute(strict, cond, x[:, None], sampling=settings).values
+        b = get_prompt_score(name).compute(net, cond, x[:, None], sampling=settings).values
+        torch.testing.assert_close(a, b)

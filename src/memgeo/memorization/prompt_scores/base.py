@@ -243,3 +243,23 @@ def flat_norm(v: torch.Tensor) -> torch.Tensor:
 
 def sigma_at(model: DiffusionModel, t: float) -> float:
     return float(model.schedule.sigma(torch.tensor(t, dtype=torch.float64)))
+
+
+def dense_score_jacobian(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor | None,
+                         chunk_size: int = 32) -> torch.Tensor:
+    """Per-row score Jacobians (R, D, D): ``vmap(jacrev)`` where the model allows it, else D batched VJPs.
+
+    Some prompt models validate their inputs with data-dependent Python control flow, which vmap
+    refuses; row i of every J is then read as J^T e_i with one reverse pass over the whole batch.
+    """
+    from memgeo.geometry.jacobian import ScoreJacobianOperator, score_jacobian
+
+    try:
+        return score_jacobian(model, x, t, cond, chunk_size=chunk_size)
+    except RuntimeError as exc:
+        if "vmap" not in str(exc):
+            raise
+    op = ScoreJacobianOperator(model, x, t, cond)
+    r, d = op.x.shape
+    eye = torch.eye(d, dtype=op.x.dtype, device=op.x.device)
+    return torch.stack([op.rmatvec(eye[i].expand(r, d)) for i in range(d)], dim=1)

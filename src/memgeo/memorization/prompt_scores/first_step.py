@@ -24,11 +24,12 @@ from torch.func import vjp
 
 from memgeo.errors import MemgeoError, check_choice
 from memgeo.geometry.jacobian import ScoreJacobianOperator, flat_score_fn
-from memgeo.geometry.sharpness import FLAT_THRESHOLD, sharpness_spectrum
+from memgeo.geometry.sharpness import FLAT_THRESHOLD, SharpnessResult, spectrum_from_jacobian
 from memgeo.memorization.prompt_scores.base import (
     PromptScore,
     RowCost,
     SamplingSettings,
+    dense_score_jacobian,
     eps_pair,
     flat_norm,
     register_prompt_score,
@@ -254,7 +255,11 @@ class Sharpness(PromptScore):
         self.chunk_size = chunk_size
 
     def rows(self, model, cond, x, sampling, cache):
-        res = sharpness_spectrum(model, x, sampling.t_max, cond=cond, at="raw", chunk_size=self.chunk_size,
-                                 flat_threshold=self.flat_threshold)
+        t = sampling.t_max
+        jac = dense_score_jacobian(model, x, t, cond, self.chunk_size)
+        sigma = as_time(model.schedule.sigma(torch.tensor(t, dtype=torch.float64)), x.shape[0], jac)
+        evals, asym = spectrum_from_jacobian(jac, sigma)
+        res = SharpnessResult(t=as_time(t, x.shape[0], jac), sigma=sigma, eigenvalues_sigma2=evals, asymmetry=asym,
+                              flat_threshold=self.flat_threshold)
         return res.sharpness, {"n_flat": res.n_flat.double(), "asymmetry": res.asymmetry}, \
             RowCost(forward=1, derivative=model.dim)

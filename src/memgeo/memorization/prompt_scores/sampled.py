@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from memgeo.geometry.lid.flipd import FLIPD
-from memgeo.memorization.prompt_scores.base import PromptScore, RowCost, SamplingSettings, register_prompt_score
+from memgeo.memorization.prompt_scores.base import (
+    PromptScore,
+    RowCost,
+    SamplingSettings,
+    dense_score_jacobian,
+    register_prompt_score,
+)
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
 
@@ -38,6 +44,23 @@ def generated_samples(model: DiffusionModel, cond: torch.Tensor, x: torch.Tensor
                           t_max=sampling.t_max, t_min=sampling.t_min, clip=sampling.clip)
         cache["x0"] = hit = res.x0.detach()
     return hit
+
+
+def exact_flipd(model: DiffusionModel, x0: torch.Tensor, t0: float, cond: torch.Tensor) -> torch.Tensor:
+    """FLIPD(x0, t0) = D + sigma^2 [tr H(y) + ||s(y)||^2] at y = psi x0, with the trace of the dense Jacobian, (R,).
+
+    The formula of :class:`memgeo.geometry.lid.FLIPD` with ``trace="exact"``, computed through
+    :func:`dense_score_jacobian` for models that vmap cannot trace.
+    """
+    r = x0.shape[0]
+    tt = torch.tensor(t0, dtype=torch.float64)
+    psi, sigma2 = float(model.schedule.sqrt_alpha_bar(tt)), float(model.schedule.sigma(tt)) ** 2
+    y = psi * x0
+    with torch.no_grad():
+        s = model.score(y, t0, cond).reshape(r, -1).double()
+    jac = dense_score_jacobian(model, y, t0, cond)
+    tr = torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1).double()
+    return model.dim + sigma2 * (tr + (s * s).sum(1))
 
 
 class _FlipdScore(PromptScore):
@@ -67,7 +90,12 @@ class _FlipdScore(PromptScore):
         trace = self.trace if self.trace != "auto" else ("exact" if model.dim <= 256 else "hutchinson")
         est = FLIPD(t0=self.t0, trace=trace, n_probes=self.n_probes, seed=self.seed)
         c = cond if self.conditional else model.null_cond(cond)
-        lid = est.estimate(model, x0, cond=c)
+        try:
+            lid = est.estimate(model, x0, cond=c)
+        except RuntimeError as exc:  # vmap refused by the model (see dense_score_jacobian)
+            if trace != "exact" or "vmap" not in str(exc):
+                raise
+            lid = exact_flipd(model, x0, self.t0, c)
         if trace == "exact":
             cost = RowCost(forward=sample_forward_evals(sampling) + 2, derivative=model.dim)
         else:
