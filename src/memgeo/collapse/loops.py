@@ -28,7 +28,7 @@ from memgeo.collapse.schedules import Schedule, parse_schedule
 from memgeo.collapse.theory import optimal_fresh_weight
 from memgeo.errors import MemgeoError, check_choice
 
-__all__ = ["LOOPS", "History", "simulate"]
+__all__ = ["LOOPS", "History", "check_loop", "simulate"]
 
 LOOPS = ("replace", "accumulate", "accumulate-subsample", "real-share", "fresh")
 
@@ -57,6 +57,16 @@ class History:
     @property
     def generations(self) -> np.ndarray:
         return np.arange(self.sizes.size + 1)
+
+
+def check_loop(family: Family, loop: str) -> None:
+    """Raise :class:`MemgeoError` unless ``family`` can run ``loop``."""
+    check_choice(loop, LOOPS, "loop")
+    if loop == "accumulate-subsample" and not family.supports_subsample:
+        raise MemgeoError(f"family {family.name} cannot subsample a pool in this mode", "use mode='data'")
+    if loop in ("real-share", "fresh") and not family.supports_shares:
+        raise MemgeoError(f"loop {loop} weights real against synthetic data; family {family.name} cannot",
+                          "use loop replace, accumulate or accumulate-subsample")
 
 
 def simulate(family: Family, loop: str = "replace", schedule: Schedule | str = "constant", generations: int = 100,
@@ -94,11 +104,7 @@ def simulate(family: Family, loop: str = "replace", schedule: Schedule | str = "
         family.check_sizes(sizes)
     if int(runs) < 1:
         raise MemgeoError(f"runs={runs}", "use at least one run")
-    if loop == "accumulate-subsample" and not family.supports_subsample:
-        raise MemgeoError(f"family {family.name} cannot subsample a pool in this mode", "use mode='data'")
-    if loop in ("real-share", "fresh") and not family.supports_shares:
-        raise MemgeoError(f"loop {loop} weights real against synthetic data; family {family.name} cannot",
-                          "use loop replace, accumulate or accumulate-subsample")
+    check_loop(family, loop)
     if loop == "real-share" and not 0 < real_share <= 1:
         raise MemgeoError(f"real share {real_share} is outside (0, 1]", "e.g. --real-share 0.5")
     if loop == "fresh" and fresh_weight != "optimal" and not (

@@ -145,3 +145,32 @@ def collapse_predicted(schedule_kind: str, p: float = 1.0, estimator: str = "unb
     if estimator == "biased":
         diverges = diverges or exponent * bias_beta <= 1.0  # sum c n_t^-beta
     return bool(diverges)
+
+
+def theory_curves(family: str, loop: str, sizes, *, estimator: str = "mle", dim: int = 1, mean_only: bool = False,
+                  weights=None, fresh_n: float | None = None, trace0: float = 1.0, log_var0: float = 0.0,
+                  gini0: float | None = None, bias_c: float = 1.0,
+                  bias_beta: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Every closed form that applies to a run: metric name -> (mean (T+1,), sd (T+1,) or None).
+
+    Metric names are those of :mod:`memgeo.collapse.metrics`; a metric without a closed form for this
+    family/loop is absent.
+    """
+    n = _sizes(sizes)
+    out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    if family == "gaussian" and not mean_only and loop == "replace":
+        out["log_var"] = expected_log_var(n, estimator, dim, log_var0, bias_c, bias_beta)
+        out["trace_ratio"] = (expected_trace_ratio(n, estimator, bias_c, bias_beta), None)
+        if estimator == "mle":
+            out["mu_dist2_plus_trace"] = (np.ones(n.size + 1), None)
+    elif family == "gaussian" and mean_only:
+        if loop == "replace":
+            out["mean_sq_dist"] = (np.concatenate([[0.0], trace0 * np.cumsum(1.0 / n)]), None)
+        elif loop == "accumulate":
+            out["mean_sq_dist"] = (accumulate_mean_sq_dist(n, trace0), None)
+        elif loop == "fresh" and weights is not None and fresh_n is not None:
+            out["mean_sq_dist"] = (fresh_mean_sq_dist(n, weights, fresh_n, trace0), None)
+        out["log_var"] = (np.full(n.size + 1, log_var0), np.zeros(n.size + 1))
+    elif family == "categorical" and loop == "replace" and gini0 is not None:
+        out["gini_simpson"] = (gini_simpson_replace(n, gini0), None)
+    return out
