@@ -42,7 +42,7 @@ def score_histograms(scores: Mapping[str, np.ndarray], labels: np.ndarray | None
     names = list(scores)
     ncols = max(1, min(ncols, len(names)))
     nrows = math.ceil(len(names) / ncols)
-    fig = _figure(3.6 * ncols, 2.8 * nrows)
+    fig = _figure(3.0 * ncols, 2.3 * nrows)
     y = None if labels is None else np.asarray(labels).astype(bool).reshape(-1)
     for k, name in enumerate(names):
         ax = fig.add_subplot(nrows, ncols, k + 1)

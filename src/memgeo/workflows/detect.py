@@ -1,0 +1,363 @@
+"""`memgeo detect`: prompt-level memorization scores for a prompt file, resumable, with a report.
+
+Run folder layout::
+
+    OUT/config.json, provenance.json
+    OUT/prompts/000042.json   one record per finished prompt (written atomically, validated on restart)
+    OUT/scores.csv            one row per prompt (score = mean over its generations)
+    OUT/scores_per_generation.csv
+    OUT/summary.json          AUROC [CI], TPR@1%FPR and cost per score (when labels are known)
+    OUT/attribution.json, roc.png, histograms.png, cost_auroc.png, report.html
+
+Resuming: prompts are processed in fixed chunks ``[k * batch, (k + 1) * batch)`` of the file order, and
+every prompt's noise comes from its own seed (the file's ``seed`` field, else ``seed + index``). A
+restarted run recomputes only chunks with a missing or invalid record, on exactly the same inputs
+and batch composition, so the final results are identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from memgeo.data.prompts import PromptEntry, load_prompts
+from memgeo.errors import MemgeoError
+from memgeo.io import write_csv, write_json
+from memgeo.memorization.attribution import token_attribution
+from memgeo.memorization.copies import label_copies
+from memgeo.memorization.evaluation import roc_curve
+from memgeo.memorization.prompt_scores import (
+    SamplingSettings,
+    generated_samples,
+    generation_noise,
+    get_prompt_score,
+    parse_score_names,
+)
+from memgeo.models.prompt import PromptDiffusionModel, load_prompt_model
+from memgeo.report import Report
+from memgeo.report.prompt_html import add_token_attribution
+from memgeo.report.prompt_plots import cost_vs_auroc, detection_roc, score_histograms
+from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
+
+DEFAULT_SCORES = ("wen", "jeon", "jeon_vjp", "asthana", "hessian_diff", "sharpness")
+# Side outputs whose sign is part of their definition (higher = memorized), evaluated as well.
+SIGNED_EXTRAS = {"asthana": ("norm", "cosine")}
+
+
+class DetectConfig(BaseModel):
+    """Options of a detection run (saved as config.json)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    prompts: str
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    score_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    generations: int = Field(1, ge=1)
+    seed: int = 0
+    sampling: SamplingSettings = SamplingSettings()
+    labels_from_field: str | None = None
+    train_data: str | None = None
+    copy_criterion: str = "ratio"
+    batch_prompts: int = Field(8, ge=1)
+    attribution_score: str | None = "wen"
+    attribution_max_prompts: int = Field(40, ge=0)
+
+
+def _label_of(entry: PromptEntry, field: str) -> int:
+    if field == "memorized":
+        value = entry.memorized
+    else:
+        raw = entry.extra.get(field)
+        value = None if raw is None else str(raw).strip().lower() in ("1", "true", "yes", "1.0")
+        if raw is not None and str(raw).strip().lower() not in ("0", "1", "true", "false", "yes", "no", "0.0", "1.0"):
+            raise MemgeoError(f"line {entry.line}: field {field!r} = {raw!r} is not 0/1", "use 0/1 or true/false")
+    if value is None:
+        raise MemgeoError(f"line {entry.line} of the prompt file has no {field!r} field",
+                          f"add it to every prompt or drop --labels-from-field")
+    return int(bool(value))
+
+
+def _config_key(cfg: DetectConfig) -> str:
+    """Hash of everything a per-prompt record depends on (not the output-only options)."""
+    keep = cfg.model_dump(mode="json", exclude={"attribution_score", "attribution_max_prompts", "labels_from_field"})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_train(path: str, model: PromptDiffusionModel) -> torch.Tensor:
+    p = Path(path)
+    if not p.is_file():
+        raise MemgeoError(f"training data {p} does not exist", "pass the train_x.npy of the model's training set")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise MemgeoError(f"training data {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
+    if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != model.dim:
+        raise MemgeoError(f"training data {p} has shape {arr.shape} but the model's samples have {model.dim} values",
+                          "pass training data in the model's sample space")
+    return torch.as_tensor(arr, dtype=torch.float32)
+
+
+def _record_path(out: Path, index: int) -> Path:
+    return out / "prompts" / f"{index:06d}.json"
+
+
+def _read_record(path: Path, index: int, prompt: str, key: str, scores: tuple[str, ...]) -> dict[str, Any] | None:
+    """The record if it is complete and belongs to this prompt and configuration, else None."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(rec, dict) and rec.get("index") == index and rec.get("prompt") == prompt
+          and rec.get("config_key") == key and isinstance(rec.get("scores"), dict)
+          and all(s in rec["scores"] for s in scores))
+    return rec if ok else None
+
+
+def _compute_chunk(model: PromptDiffusionModel, cfg: DetectConfig, entries: list[PromptEntry], indices: list[int],
+                   seeds: list[int], train: torch.Tensor | None, key: str) -> list[dict[str, Any]]:
+    prompts = [e.prompt for e in entries]
+    with torch.no_grad():
+        cond = model.encode(prompts)
+    x_T = generation_noise(model, seeds, cfg.generations)
+    cache: dict[str, Any] = {}
+    results = {}
+    for name in cfg.scores:
+        score = get_prompt_score(name, **cfg.score_params.get(name, {}))
+        results[name] = score.compute(model, cond, x_T, sampling=cfg.sampling, cache=cache)
+    copies = None
+    if train is not None:
+        rows_cond = cond.repeat_interleave(cfg.generations, 0)
+        rows_x = x_T.reshape((-1,) + tuple(model.data_shape))
+        with torch.no_grad():
+            x0 = generated_samples(model, rows_cond, rows_x, cfg.sampling, cache)
+        lab = label_copies(x0.float(), train, cfg.copy_criterion)
+        copies = {"is_copy": lab.is_copy.reshape(len(entries), -1), "d1": lab.d1.reshape(len(entries), -1),
+                  "nn_index": lab.nn_index.reshape(len(entries), -1), "criterion": lab.criterion,
+                  "threshold": lab.threshold}
+    records = []
+    for j, (idx, seed, entry) in enumerate(zip(indices, seeds, entries)):
+        rec = {"index": idx, "prompt": entry.prompt, "seed": seed, "config_key": key,
+               "fields": entry.extra, "scores": {}}
+        for name, res in results.items():
+            rec["scores"][name] = {
+                "value": float(res.values[j]), "per_generation": res.per_generation[j].tolist(),
+                "extra": {k: v[j].tolist() for k, v in res.extra.items()},
+                "evals_per_prompt": res.evals_per_prompt, "forward_evals": res.forward_evals,
+                "derivative_passes": res.derivative_passes, "ms_per_prompt": res.ms_per_prompt}
+        if copies is not None:
+            rec["copies"] = {"is_copy": [bool(v) for v in copies["is_copy"][j]],
+                             "d1": [float(v) for v in copies["d1"][j]],
+                             "nn_index": [int(v) for v in copies["nn_index"][j]],
+                             "criterion": copies["criterion"], "threshold": copies["threshold"]}
+        records.append(rec)
+    return records
+
+
+def _check_resume(out: Path, cfg: DetectConfig) -> None:
+    old = out / "config.json"
+    if not old.is_file() or not (out / "prompts").is_dir():
+        return
+    try:
+        previous = DetectConfig.model_validate(json.loads(old.read_text()))
+    except (ValueError, OSError):
+        return  # unreadable: records are validated one by one anyway
+    if _config_key(previous) != _config_key(cfg):
+        raise MemgeoError(f"{out} holds detection results of a different configuration",
+                          "choose a new --out, or rerun with the same model, prompts, scores and options")
+
+
+def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionModel | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Score every prompt of ``cfg.prompts`` (resuming finished ones), evaluate and write the report.
+
+    Parameters
+    ----------
+    cfg : DetectConfig
+    out : path
+        Run folder; rerunning with the same folder and options resumes.
+    model : PromptDiffusionModel, optional
+        An already loaded model (API use); ``cfg.model`` is loaded otherwise.
+
+    Returns
+    -------
+    dict
+        summary.json's content.
+    """
+    out = Path(out)
+    scores = tuple(parse_score_names(list(cfg.scores)))
+    cfg = cfg.model_copy(update={"scores": scores})
+    for name in cfg.score_params:
+        if name not in scores:
+            raise MemgeoError(f"score_params names {name!r}, which is not among the scores", "drop it or add the score")
+    for name in scores:
+        get_prompt_score(name, **cfg.score_params.get(name, {}))  # validates options before any work
+    entries = load_prompts(cfg.prompts)
+    labels = None if cfg.labels_from_field is None else np.array([_label_of(e, cfg.labels_from_field) for e in entries])
+    seeds = [e.seed if e.seed is not None else cfg.seed + i for i, e in enumerate(entries)]
+    if model is None:
+        model = load_prompt_model(cfg.model)
+    if not isinstance(model, PromptDiffusionModel):
+        raise MemgeoError(f"{cfg.model} is not a prompt-conditioned model", "point --model at a caption or pipeline model")
+    model.eval()
+    train = _load_train(cfg.train_data, model) if cfg.train_data else None
+    if cfg.attribution_score is not None:
+        get_prompt_score(cfg.attribution_score)
+    _check_resume(out, cfg)
+    start_run(out, cfg, cfg.seed, n_prompts=len(entries))
+    key = _config_key(cfg)
+
+    n = len(entries)
+    records: list[dict[str, Any] | None] = [
+        _read_record(_record_path(out, i), i, entries[i].prompt, key, scores) for i in range(n)]
+    done = sum(r is not None for r in records)
+    if done:
+        say(f"resuming: {done} of {n} prompts already scored in {out / 'prompts'}")
+    bar = tqdm(total=n, initial=done, desc="prompts", disable=not progress)
+    t0 = time.perf_counter()
+    for start in range(0, n, cfg.batch_prompts):
+        idx = list(range(start, min(start + cfg.batch_prompts, n)))
+        if all(records[i] is not None for i in idx):
+            continue
+        fresh = _compute_chunk(model, cfg, [entries[i] for i in idx], idx, [seeds[i] for i in idx], train, key)
+        for i, rec in zip(idx, fresh):
+            if records[i] is None:  # an already finished record stays as it was written
+                write_json(_record_path(out, i), rec)
+                records[i] = rec
+                bar.update(1)
+    bar.close()
+    say(f"scored {n} prompts x {cfg.generations} generation(s) in {time.perf_counter() - t0:.1f} s")
+    return _finish(out, cfg, model, entries, records, labels, seeds)
+
+
+def _finish(out: Path, cfg: DetectConfig, model: PromptDiffusionModel, entries: list[PromptEntry],
+            records: list[dict[str, Any]], labels: np.ndarray | None, seeds: list[int]) -> dict[str, Any]:
+    n, g = len(records), cfg.generations
+    rows, gen_rows = [], []
+    for i, rec in enumerate(records):
+        row = {"index": i, "prompt": rec["prompt"], "seed": rec["seed"]}
+        if labels is not None:
+            row["label"] = int(labels[i])
+        if "copies" in rec:
+            row["copy_rate"] = float(np.mean(rec["copies"]["is_copy"]))
+        row.update({name: rec["scores"][name]["value"] for name in cfg.scores})
+        rows.append(row)
+        for j in range(g):
+            grow = {"index": i, "generation": j, "prompt": rec["prompt"]}
+            if labels is not None:
+                grow["label"] = int(labels[i])
+            if "copies" in rec:
+                grow["is_copy"] = rec["copies"]["is_copy"][j]
+                grow["nn_index"] = rec["copies"]["nn_index"][j]
+            for name in cfg.scores:
+                grow[name] = rec["scores"][name]["per_generation"][j]
+                for k, v in rec["scores"][name]["extra"].items():
+                    grow[f"{name}.{k}"] = v[j]
+            gen_rows.append(grow)
+    write_csv(out / "scores.csv", rows)
+    write_csv(out / "scores_per_generation.csv", gen_rows)
+
+    values = {name: np.array([r[name] for r in rows]) for name in cfg.scores}
+    for name, parts in SIGNED_EXTRAS.items():
+        if name in cfg.scores:
+            for part in parts:
+                values[f"{name}.{part}"] = np.array([np.mean(rec["scores"][name]["extra"][part]) for rec in records])
+    table = []
+    for name, v in values.items():
+        base = name.split(".")[0]
+        cost = np.mean([rec["scores"][base]["evals_per_prompt"] for rec in records])
+        ms = np.mean([rec["scores"][base]["ms_per_prompt"] for rec in records])
+        row = {"score": name, "evals_per_prompt": float(cost), "ms_per_prompt": float(ms)}
+        if labels is not None:
+            ev = evaluate_or_reason(v, labels, name, seed=cfg.seed)
+            row.update({k: ev.get(k) for k in ("auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr",
+                                                "tpr_at_closest_1pct_fpr", "closest_fpr_used", "n_pos", "n_neg",
+                                                "reason") if k in ev})
+        table.append(row)
+    summary: dict[str, Any] = {"n_prompts": n, "generations": g, "scores": list(cfg.scores),
+                               "sampling": cfg.sampling, "labels_from_field": cfg.labels_from_field,
+                               "table": table}
+    copy_table = None
+    if "copies" in records[0]:
+        is_copy = np.array([c for rec in records for c in rec["copies"]["is_copy"]], dtype=int)
+        summary["copies"] = {"criterion": records[0]["copies"]["criterion"],
+                             "threshold": records[0]["copies"]["threshold"], "n_generations": int(is_copy.size),
+                             "copy_rate": float(is_copy.mean())}
+        copy_table = [{"score": name, **{k: v for k, v in evaluate_or_reason(
+            np.array([gr[name] for gr in gen_rows]), is_copy, name, seed=cfg.seed).items() if k != "name"}}
+            for name in cfg.scores]
+        summary["copy_detection"] = copy_table
+    attributions = _attribution(model, cfg, entries, seeds, labels)
+    if attributions:
+        write_json(out / "attribution.json", attributions)
+    write_json(out / "summary.json", summary)
+    _report(out, cfg, summary, values, labels, copy_table, attributions)
+    return summary
+
+
+def _attribution(model: PromptDiffusionModel, cfg: DetectConfig, entries: list[PromptEntry], seeds: list[int],
+                 labels: np.ndarray | None) -> list[dict[str, Any]]:
+    if cfg.attribution_score is None or cfg.attribution_max_prompts == 0:
+        return []
+    order = list(range(len(entries)))
+    if labels is not None:  # show labelled-memorized prompts first
+        order.sort(key=lambda i: -int(labels[i]))
+    chosen = order[: cfg.attribution_max_prompts]
+    out = []
+    for start in range(0, len(chosen), cfg.batch_prompts):
+        idx = chosen[start:start + cfg.batch_prompts]
+        x_T = generation_noise(model, [seeds[i] for i in idx], cfg.generations)
+        res = token_attribution(model, [entries[i].prompt for i in idx], x_T, score=cfg.attribution_score,
+                                params=cfg.score_params.get(cfg.attribution_score), sampling=cfg.sampling)
+        for i, r in zip(idx, res):
+            out.append({"index": i, **r.to_dict(), "label": None if labels is None else int(labels[i])})
+    return out
+
+
+def _report(out: Path, cfg: DetectConfig, summary: dict[str, Any], values: dict[str, np.ndarray],
+            labels: np.ndarray | None, copy_table: list[dict[str, Any]] | None,
+            attributions: list[dict[str, Any]]) -> None:
+    rep = Report("memgeo detect: prompt-level memorization", subtitle=f"{cfg.model} · {cfg.prompts}")
+    rep.add_text(
+        f"{summary['n_prompts']} prompts, {cfg.generations} generation(s) each, DDIM with {cfg.sampling.steps} steps, "
+        f"guidance {cfg.sampling.guidance}, first step at t = {cfg.sampling.t_max}. Every score is oriented so that "
+        "**higher means more likely memorized**; labels are never flipped. Cost = network passes per prompt "
+        "(forward evaluations + JVP/VJP passes).", heading="Run")
+    cols = ["score", "auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr", "tpr_at_closest_1pct_fpr", "closest_fpr_used",
+            "evals_per_prompt", "ms_per_prompt"] if labels is not None else ["score", "evals_per_prompt", "ms_per_prompt"]
+    rep.add_table(summary["table"], heading="Detection scores", columns=cols)
+    if labels is not None:
+        rep.add_text("TPR@1%FPR is the strict value (FPR <= 1%); the 'closest' column is the TPR at the ROC point "
+                     "whose FPR is closest to 1% (that FPR is shown next to it).")
+        curves = {}
+        for name, v in values.items():
+            row = next(r for r in summary["table"] if r["score"] == name)
+            if row.get("auroc") is not None:
+                fpr, tpr, _ = roc_curve(v, labels)
+                curves[name] = (fpr, tpr, row["auroc"])
+        if curves:
+            figure_to_report(rep, detection_roc(curves), out / "roc.png", heading="ROC curves")
+            ok = [r for r in summary["table"] if r.get("auroc") is not None]
+            figure_to_report(rep, cost_vs_auroc([r["score"] for r in ok], [r["evals_per_prompt"] for r in ok],
+                                                [r["auroc"] for r in ok], [(r["ci_low"], r["ci_high"]) for r in ok]),
+                             out / "cost_auroc.png", heading="Cost and accuracy")
+    figure_to_report(rep, score_histograms(values, labels), out / "histograms.png", heading="Score distributions")
+    if copy_table is not None:
+        rep.add_metrics(summary["copies"], heading="Copies of the training data")
+        rep.add_table(copy_table, columns=["score", "auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr", "n_pos", "n_neg",
+                                           "reason"])
+    if attributions:
+        add_token_attribution(rep, [{**a, "label": None if a["label"] is None else ("memorized" if a["label"] else "")}
+                                    for a in attributions], heading="Token attribution",
+                              note=f"Shading: ||d {cfg.attribution_score} / d token embedding||, relative to the "
+                                   "prompt's largest token.")
+    rep.add_json(cfg, heading="Configuration")
+    rep.write(out / "report.html")
