@@ -134,19 +134,55 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
 
     torch.manual_seed(cfg.seed)
     net = build_model(model_config)
+
+    def label_cond(module: DiffusionModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        cond = labels[idx].clone()
+        drop = torch.rand(idx.shape[0], generator=gen) < cfg.cond_drop
+        cond[drop] = NULL_CLASS
+        return cond
+
+    meta = {"model_config": model_config.model_dump_json(), **(extra_metadata or {})}
+    return fit(net, cfg, data, label_cond, out_dir, meta=meta, config_keys=("model_config",),
+               save_inference=save_model, progress=progress, resume=resume, on_log=on_log)
+
+
+def fit(net: DiffusionModel, cfg: TrainConfig, data: torch.Tensor,
+        cond_fn: Callable[[DiffusionModel, torch.Tensor, torch.Generator], torch.Tensor | None],
+        out_dir: str | Path | None, *, meta: dict[str, str], config_keys: tuple[str, ...],
+        save_inference: Callable[[DiffusionModel, Path, dict[str, str]], object],
+        progress: bool = True, resume: bool = True,
+        on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """The denoising score matching loop shared by :func:`train` and the caption model's trainer.
+
+    Parameters
+    ----------
+    net : DiffusionModel
+        Freshly built network (seeded by the caller); trained in place, its EMA copy is returned.
+    data : Tensor, shape (N, *data_shape)
+    cond_fn : callable(module, idx, generator) -> cond or None
+        The condition batch for training rows ``idx`` (B,), condition dropout included; called with
+        the network being trained so that a learned condition encoder receives gradients. It may
+        draw from ``generator`` (after the step's indices, times and noise).
+    meta : dict of str
+        Checkpoint metadata; ``train_config`` is added. The keys in ``config_keys`` (and the
+        training config, except ``steps``) must match a saved state for a resume.
+    save_inference : callable(ema, folder, metadata)
+        Writes the inference checkpoint (e.g. :func:`~memgeo.models.checkpoint.save_model`).
+    """
     data = data.to(dtype=next(net.parameters()).dtype)  # e.g. float64 points for a float32 net
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    meta = {"model_config": model_config.model_dump_json(), "train_config": cfg.model_dump_json(),
-            **(extra_metadata or {})}
+    meta = {**meta, "train_config": cfg.model_dump_json()}
     log: list[dict] = []
     start = 0
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and resume and (out / STATE_FILE).exists():
         state_meta = read_metadata(out / STATE_FILE)
         # Every setting must match except ``steps``: a finished run may be extended to more steps.
-        if (state_meta.get("model_config") != meta["model_config"]
+        if (any(state_meta.get(k) != meta[k] for k in config_keys)
                 or _without_steps(state_meta.get("train_config")) != _without_steps(meta["train_config"])):
             raise MemgeoError(f"{out} holds a checkpoint trained with a different config",
                               "use a new --out folder or the same settings to resume")
@@ -167,7 +203,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
         if out is None:
             return
         step_meta = {**meta, "step": str(step)}
-        save_model(ema, out, step_meta)
+        save_inference(ema, out, step_meta)
         save_tensors(out / STATE_FILE, _state_tensors(net, ema, opt, gen), step_meta)
         write_csv(out / "train_log.csv", log)
         write_json(out / "train_log.json", log)
@@ -182,11 +218,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
         noise = torch.randn(x0.shape, generator=gen)
         ab = expand_like(sch.alpha_bar(t), x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        cond = None
-        if labels is not None:
-            cond = labels[idx].clone()
-            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_drop
-            cond[drop] = NULL_CLASS
+        cond = cond_fn(net, idx, gen)
         loss = torch.mean((net.eps(xt, t, cond) - noise) ** 2)
         if not torch.isfinite(loss):
             raise MemgeoError(f"training diverged at step {step} (loss {float(loss)})", "lower --lr")
