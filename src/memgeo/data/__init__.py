@@ -6,8 +6,10 @@
 - Ground-truth toys: :func:`make_toy2d`, :func:`make_patch_with_duplicate`.
 - Memorization injection: :func:`duplicate_points`, :func:`replace_class_with_copies`.
 - By name: :func:`load_dataset` with :data:`DATASETS`; :func:`load_points` for ``.npy`` point files.
+- Prompts: :func:`make_caption_benchmark` (memorized-caption digits), :func:`load_prompts` / :func:`write_prompts`.
 """
 
+from memgeo.data.captions import BenchmarkPrompt, CaptionBenchmark, make_caption_benchmark
 from memgeo.data.dataset import Dataset
 from memgeo.data.digits import load_digits
 from memgeo.data.inject import duplicate_points, replace_class_with_copies
@@ -22,10 +24,17 @@ from memgeo.data.manifolds import (
     von_mises_with_atom,
 )
 from memgeo.data.mnist import DATA_ENV, load_mnist, read_idx
+from memgeo.data.prompts import PromptEntry, load_prompts, write_prompts
 from memgeo.data.registry import DATASETS, load_dataset, load_points
 from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
 
 __all__ = [
+    "BenchmarkPrompt",
+    "CaptionBenchmark",
+    "PromptEntry",
+    "load_prompts",
+    "make_caption_benchmark",
+    "write_prompts",
     "MANIFOLD_DATASETS",
     "affine_mixture",
     "lollipop",
