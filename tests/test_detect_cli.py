@@ -40,7 +40,7 @@ def caption_folder(tmp_path_factory):
 
 def _args(folder: Path, out: Path, *extra: str) -> list[str]:
     return ["detect", "--model", str(folder / "model"), "--prompts", str(folder / "prompts.jsonl"),
-            "--out", str(out), "--steps", "3", "--batch", "2", *extra]
+            "--out", str(out), "--steps", "3", "--batch", "2", "--clip", "-1:1", *extra]
 
 
 def _score_rows(out: Path) -> list[dict[str, str]]:

@@ -23,6 +23,8 @@ def detect(
     train_data: Annotated[Path, typer.Option(help="train_x.npy: label copies of the generations (full sampling).")] = None,
     steps: Annotated[int, typer.Option(help="DDIM sampling steps (Wen windows, FLIPD, copies).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight of the sampler.")] = None,
+    clip: Annotated[str, typer.Option(help="Clamp the sampler's x0 prediction to LOW:HIGH (e.g. -1:1 for "
+                                           "pixel models); default none.")] = None,
     wen_window: Annotated[str, typer.Option(help="Steps START:END averaged by wen (default 0:1, the first).")] = None,
     batch: Annotated[int, typer.Option(help="Prompts per batch (also the resume granularity).")] = None,
     attribution: Annotated[str, typer.Option(help="Score for token attribution ('none' to skip).")] = None,
@@ -34,6 +36,13 @@ def detect(
     from memgeo.errors import MemgeoError
     from memgeo.workflows.detect import DetectConfig, run_detect
 
+    clip_range = None
+    if clip is not None and clip.lower() != "none":
+        try:
+            lo, hi = (float(v) for v in clip.split(":"))
+        except ValueError:
+            raise MemgeoError(f"--clip {clip!r} is not LOW:HIGH", "e.g. --clip -1:1") from None
+        clip_range = [lo, hi]
     window = None
     if wen_window is not None:
         try:
@@ -44,7 +53,7 @@ def detect(
     overrides = {
         "model": model, "prompts": str(prompts), "generations": generations,
         "labels_from_field": labels_from_field, "train_data": str(train_data) if train_data else None,
-        "sampling.steps": steps, "sampling.guidance": guidance, "batch_prompts": batch, "seed": seed,
+        "sampling.steps": steps, "sampling.clip": clip_range, "sampling.guidance": guidance, "batch_prompts": batch, "seed": seed,
         "scores": [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None,
         "score_params.wen": window,
     }
