@@ -10,8 +10,9 @@ Analytic families (:class:`CollapseConfig`, :func:`run_collapse`) write
 * ``metrics.json``, fan charts (``fan_*.png``), a schedule comparison when several schedules are
   given, and ``report.html``.
 
-The neural experiment (:class:`NeuralCollapseConfig`, :func:`run_neural_collapse`) lives in
-:mod:`memgeo.workflows.collapse_neural`.
+The neural experiment (:class:`NeuralCollapseConfig`, :func:`run_neural_collapse`, the config-file
+form of the command) retrains the MLP diffusion model on its own samples and writes
+``generations.csv``, ``metrics.json``, figures and ``report.html``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from memgeo.report import Report
 from memgeo.report.collapse_plots import fan_chart, lines_plot, metric_panels
 from memgeo.workflows.common import figure_to_report, say, start_run
 
-__all__ = ["CollapseConfig", "run_collapse", "summary_rows"]
+__all__ = ["CollapseConfig", "NeuralCollapseConfig", "run_collapse", "run_neural_collapse", "summary_rows"]
 
 
 class CollapseConfig(BaseModel):
@@ -262,3 +263,101 @@ def _build_report(report: Report, out: Path, cfg: CollapseConfig, hists: dict[st
         figure_to_report(report, metric_panels(gens, panels, se=se), out / "metrics.png", heading="All metrics",
                          caption="Mean over runs (+- 2 se) of every metric per generation.")
     report.add_table([{"schedule": k, **v} for k, v in final.items()], heading="Last generation")
+
+
+# ------------------------------------------------------------------------------------------------
+# neural experiment: the MLP diffusion model retrained on its own samples
+# ------------------------------------------------------------------------------------------------
+
+
+class NeuralCollapseConfig(BaseModel):
+    """Config file form of the neural experiment (``memgeo collapse --config FILE.json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Literal["mlp_diffusion"] = "mlp_diffusion"
+    dataset: Literal["mixture2d", "digits"] = "mixture2d"
+    loops: tuple[Literal["replace", "accumulate"], ...] = ("replace", "accumulate")
+    generations: int = Field(5, ge=1, le=50)
+    n: int = Field(1000, ge=10)
+    n_heldout: int = Field(500, ge=10)
+    hidden: int = Field(128, ge=8)
+    depth: int = Field(2, ge=1)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    sample_steps: int = Field(50, ge=1)
+    clip: float | None = Field(None, gt=0, description="clamp x0 predictions to [-clip, clip]; default 1.5 "
+                                                       "for mixture2d (tames MLP extrapolation), 1 for digits")
+    n_eval: int = Field(500, ge=10)
+    n_geometry: int = Field(32, ge=1)
+    sharpness_t: float = Field(0.05, gt=0, le=1)
+    lid_t0: float = Field(0.05, gt=0, le=1)
+    seed: int = 0
+
+
+_NEURAL_PANELS = ("trace_ratio", "energy", "recall", "precision", "copy_rate_own", "copy_rate_real", "sharpness",
+                  "lid", "mean_norm_dist")
+
+
+def run_neural_collapse(cfg: NeuralCollapseConfig, out: str | Path) -> dict[str, Any]:
+    """Run every loop of ``cfg``; write generations.csv, metrics.json, figures and report.html."""
+    import torch
+
+    from memgeo.collapse.neural import load_real, recursive_diffusion
+    from memgeo.models import MLPConfig, TrainConfig
+    from memgeo.report.collapse_plots import point_clouds
+
+    if not cfg.loops:
+        raise MemgeoError("no loop given", "set loops to e.g. [\"replace\", \"accumulate\"]")
+    real, heldout = load_real(cfg.dataset, cfg.n, cfg.n_heldout, cfg.seed)  # validates sizes before writing
+    out = start_run(out, cfg, cfg.seed)
+    clip = cfg.clip if cfg.clip is not None else (1.5 if cfg.dataset == "mixture2d" else 1.0)
+    mcfg = MLPConfig(data_shape=tuple(real.shape[1:]), hidden=cfg.hidden, depth=cfg.depth)
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup=min(100, cfg.steps),
+                       log_every=max(1, cfg.steps // 4), checkpoint_every=cfg.steps)
+    records: list[dict[str, Any]] = []
+    clouds: dict[str, list[np.ndarray]] = {}
+    for loop in cfg.loops:
+        say(f"{loop}: {cfg.generations} generations of the MLP diffusion model on {cfg.dataset} (n = {cfg.n})")
+        clouds[loop] = [real[:500].reshape(min(500, cfg.n), -1).numpy()]
+
+        def keep(rec: dict, x: torch.Tensor, loop: str = loop) -> None:
+            say(f"  {loop} generation {rec['generation']}: trace ratio {rec['trace_ratio']:.3f}, energy "
+                f"{rec['energy']:.4f}, copy rate {rec['copy_rate_own']:.3f}, LID {rec['lid']:.2f}")
+            clouds[loop].append(x[:500].reshape(min(500, x.shape[0]), -1).numpy())
+
+        records += recursive_diffusion(real, heldout, loop, cfg.generations, model_config=mcfg, train_config=tcfg,
+                                       sample_steps=cfg.sample_steps, n_eval=cfg.n_eval, n_geometry=cfg.n_geometry,
+                                       sharpness_t=cfg.sharpness_t, lid_t0=cfg.lid_t0, clip=(-clip, clip),
+                                       seed=cfg.seed, on_generation=keep)
+    write_csv(out / "generations.csv", records)
+    final = {}
+    for loop in cfg.loops:
+        recs = [r for r in records if r["loop"] == loop]
+        final[loop] = {k: [r.get(k) for r in recs] for k in ("trace_ratio", "energy", "copy_rate_own", "sharpness",
+                                                             "lid", "recall")}
+    metrics = {"final": final, "clip": clip, "seconds": sum(r["seconds"] for r in records)}
+    write_json(out / "metrics.json", metrics)
+    report = Report(f"Model collapse: MLP diffusion on {cfg.dataset}",
+                    f"loops {', '.join(cfg.loops)}; {cfg.generations} generations; n = {cfg.n}; seed {cfg.seed}")
+    report.add_text("Generation 0 is the real training set; each later generation is a freshly trained MLP "
+                    "diffusion model. Metrics use held-out real data; copy rate counts samples closer than 1/3 "
+                    "of the second-nearest distance to a training point (own = that generation's training set).",
+                    heading="Setup")
+    report.add_json(cfg, heading="Config")
+    gens = np.arange(cfg.generations + 1)
+    panels = {m: {loop: np.array([np.nan if r.get(m) is None else r[m] for r in records if r["loop"] == loop])
+                  for loop in cfg.loops} for m in _NEURAL_PANELS}
+    figure_to_report(report, metric_panels(gens, panels), out / "neural_metrics.png", heading="Metrics per generation")
+    for loop in cfg.loops:
+        if real[0].numel() == 2:
+            fig = point_clouds(clouds[loop], [f"gen {g}" for g in gens], title=f"{loop}: samples per generation")
+            figure_to_report(report, fig, out / f"samples_{loop}.png", heading=f"Samples ({loop})")
+        else:
+            imgs = np.concatenate([c[:8].reshape(-1, *real.shape[1:]) for c in clouds[loop]])
+            report.add_images(imgs, ncols=8, heading=f"Samples ({loop})", caption="one row per generation (0 = real)")
+    report.add_table(records, heading="All generations")
+    report.write(out / "report.html")
+    say(f"wrote {out / 'report.html'}")
+    return metrics
