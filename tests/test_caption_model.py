@@ -12,10 +12,14 @@ from memgeo.models.caption import (
     CaptionModelConfig,
     build_vocab,
     caption_words,
-    load_caption_model,
     train_caption_model,
 )
-from memgeo.models.classifier import ClassifierConfig, load_classifier, save_classifier, train_classifier
+from memgeo.models.classifier import (
+    ClassifierConfig,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from memgeo.models.prompt import load_prompt_model
 from memgeo.models.sampling import sample_ddim
 from memgeo.models.training import TrainConfig
@@ -209,3 +213,30 @@ def test_classifier_trains_saves_and_loads(tmp_path):
         loaded.predict(torch.zeros(2, 64))
     with pytest.raises(MemgeoError, match="labels"):
         train_classifier(d.x[:10], torch.full((10,), 12), ClassifierConfig(data_shape=(1, 8, 8)))
+
+
+def test_caption_bench_workflow_writes_a_complete_folder(tmp_path):
+    """Tiny settings: the folder holds every artefact the detection/mitigation runs read, READY last."""
+    import json
+
+    import numpy as np
+
+    from memgeo.data.prompts import load_prompts
+    from memgeo.workflows.caption_bench import CaptionBenchConfig, run_caption_bench
+
+    cfg = CaptionBenchConfig(n_memorized=10, copies=2, steps=20, hidden=32, depth=1, embed_dim=16, batch_size=32,
+                             sample_steps=2, generations=1, classifier_epochs=1, max_images=200)
+    summary = run_caption_bench(cfg, tmp_path, progress=False)
+    assert (tmp_path / "READY").is_file()
+    mem = load_prompts(tmp_path / "prompts_memorized.jsonl")
+    gen = load_prompts(tmp_path / "prompts_generic.jsonl")
+    assert len(mem) == 10 and all(e.memorized and e.extra["train_index"] is not None for e in mem)
+    assert len(gen) == 40 and not any(e.memorized for e in gen)
+    assert len(load_prompts(tmp_path / "prompts_all.jsonl")) == 50
+    train_x = np.load(tmp_path / "train_x.npy")
+    assert train_x.shape == (200, 1, 8, 8)
+    model = load_prompt_model(tmp_path / "model")
+    assert model.data_shape == (1, 8, 8) and load_classifier(tmp_path / "classifier").config.num_classes == 10
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["copy"]["memorized"]["n_generations"] == 10 == summary["copy"]["memorized"]["n_generations"]
+    assert 0.0 <= saved["copy"]["generic"]["copy_rate"] <= 1.0

@@ -9,7 +9,11 @@
 - Prompts: :func:`make_caption_benchmark` (memorized-caption digits), :func:`load_prompts` / :func:`write_prompts`.
 """
 
-from memgeo.data.captions import BenchmarkPrompt, CaptionBenchmark, make_caption_benchmark
+from memgeo.data.captions import (
+    BenchmarkPrompt,
+    CaptionBenchmark,
+    make_caption_benchmark,
+)
 from memgeo.data.dataset import Dataset
 from memgeo.data.digits import load_digits
 from memgeo.data.inject import duplicate_points, replace_class_with_copies
@@ -29,30 +33,30 @@ from memgeo.data.registry import DATASETS, load_dataset, load_points
 from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
 
 __all__ = [
-    "BenchmarkPrompt",
-    "CaptionBenchmark",
-    "PromptEntry",
-    "load_prompts",
-    "make_caption_benchmark",
-    "write_prompts",
-    "MANIFOLD_DATASETS",
-    "affine_mixture",
-    "lollipop",
-    "sphere",
-    "squiggly_mixture",
-    "torus",
-    "true_lid",
-    "von_mises_with_atom",
     "DATASETS",
     "DATA_ENV",
+    "MANIFOLD_DATASETS",
+    "BenchmarkPrompt",
+    "CaptionBenchmark",
     "Dataset",
+    "PromptEntry",
+    "affine_mixture",
     "duplicate_points",
     "load_dataset",
     "load_digits",
     "load_mnist",
     "load_points",
+    "load_prompts",
+    "lollipop",
+    "make_caption_benchmark",
     "make_patch_with_duplicate",
     "make_toy2d",
     "read_idx",
     "replace_class_with_copies",
+    "sphere",
+    "squiggly_mixture",
+    "torus",
+    "true_lid",
+    "von_mises_with_atom",
+    "write_prompts",
 ]

@@ -186,5 +186,12 @@ def make_caption_benchmark(n_memorized: int = 40, copies: int = 15, *, mnist: st
     return CaptionBenchmark(data=data, captions=captions, base_x=x, memorized=memorized, generic=generic)
 
 
-__all__ = ["BenchmarkPrompt", "CLASS_WORDS", "CaptionBenchmark", "GENERIC_TEMPLATES", "generic_prompts",
-           "make_caption_benchmark", "memorized_caption"]
+__all__ = [
+    "CLASS_WORDS",
+    "GENERIC_TEMPLATES",
+    "BenchmarkPrompt",
+    "CaptionBenchmark",
+    "generic_prompts",
+    "make_caption_benchmark",
+    "memorized_caption",
+]

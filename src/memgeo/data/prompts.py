@@ -139,7 +139,8 @@ def load_prompts(path: str | os.PathLike[str]) -> list[PromptEntry]:
             try:
                 obj = json.loads(s)
             except json.JSONDecodeError as exc:
-                raise MemgeoError(f"{path} line {i}: not valid JSON ({exc.msg})", "write one JSON object per line") from exc
+                raise MemgeoError(f"{path} line {i}: not valid JSON ({exc.msg})",
+                                  "write one JSON object per line") from exc
             if not isinstance(obj, dict):
                 raise MemgeoError(f"{path} line {i}: a JSON {type(obj).__name__}, not an object",
                                   'write {"prompt": "..."} per line')

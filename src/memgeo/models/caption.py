@@ -29,7 +29,12 @@ from torch import nn
 from memgeo.errors import MemgeoError, check_finite
 from memgeo.io import atomic_write_text
 from memgeo.models.base import DiffusionModel, as_time
-from memgeo.models.checkpoint import MODEL_FILE, load_tensors, read_metadata, save_tensors
+from memgeo.models.checkpoint import (
+    MODEL_FILE,
+    load_tensors,
+    read_metadata,
+    save_tensors,
+)
 from memgeo.models.nets import _ResBlock, timestep_embedding
 from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
 from memgeo.models.schedule import VPSchedule
@@ -255,5 +260,14 @@ def train_caption_model(config: CaptionModelConfig, train_config: TrainConfig, d
                on_log=on_log)
 
 
-__all__ = ["CaptionDiffusionModel", "CaptionModelConfig", "SPECIAL_TOKENS", "build_vocab", "caption_words",
-           "is_caption_checkpoint", "load_caption_model", "save_caption_model", "train_caption_model"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "CaptionDiffusionModel",
+    "CaptionModelConfig",
+    "build_vocab",
+    "caption_words",
+    "is_caption_checkpoint",
+    "load_caption_model",
+    "save_caption_model",
+    "train_caption_model",
+]

@@ -96,8 +96,10 @@ class PromptDiffusionModel(DiffusionModel):
 def load_prompt_model(path: str | Path, device: str | torch.device = "cpu") -> PromptDiffusionModel:
     """Load a prompt model from a folder, dispatching on what it holds.
 
-    * a diffusers text-to-image pipeline folder (``model_index.json``): :class:`~memgeo.models.pipeline.DiffusersPromptModel`;
-    * a memgeo caption-model checkpoint (``model.safetensors`` with a caption config): :class:`~memgeo.models.caption.CaptionDiffusionModel`.
+    * a diffusers text-to-image pipeline folder (``model_index.json``):
+      :class:`~memgeo.models.pipeline.DiffusersPromptModel`;
+    * a memgeo caption-model checkpoint (``model.safetensors`` with a caption config):
+      :class:`~memgeo.models.caption.CaptionDiffusionModel`.
 
     Raises
     ------

@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 from memgeo.errors import MemgeoError, check_finite
 from memgeo.io import write_csv, write_json
 from memgeo.models.base import NULL_CLASS, DiffusionModel, expand_like
-from memgeo.models.checkpoint import STATE_FILE, load_tensors, read_metadata, save_model, save_tensors
+from memgeo.models.checkpoint import (
+    STATE_FILE,
+    load_tensors,
+    read_metadata,
+    save_model,
+    save_tensors,
+)
 from memgeo.models.nets import ModelConfig, build_model
 
 

@@ -1,0 +1,260 @@
+"""A diffusers text-to-image pipeline folder behind memgeo's prompt-model interface.
+
+The folder is what ``save_pretrained`` writes (a Stable Diffusion checkout has this layout)::
+
+    model_index.json  unet/  text_encoder/  tokenizer/  scheduler/  [vae/]
+
+Components are loaded one by one, offline (``local_files_only``): a ``UNet2DConditionModel``, a
+CLIP text encoder and tokenizer, the scheduler's config (only its ``alphas_cumprod`` and
+``prediction_type`` are used) and, if present, an ``AutoencoderKL``. With a VAE the model lives in
+latent space: ``data_shape`` is the latent shape, :meth:`DiffusersPromptModel.decode` and
+:meth:`~DiffusersPromptModel.encode_images` move between latents and images.
+
+Time: the scheduler's discrete ``alphas_cumprod`` become a :class:`DiscreteSchedule` (step k at
+t = (k + 1) / T, log alpha_bar linear in between) and ``eps(x, t, cond)`` calls the UNet at the
+continuous timestep t T - 1, exact at the training steps. The condition is CLIP's last hidden state
+(B, L, E) of the prompt padded to the tokenizer's ``model_max_length``; the empty prompt ``""`` is
+the null condition, as in Stable Diffusion's classifier-free guidance.
+
+:func:`build_tiny_pipeline` writes a random-weight pipeline of this layout for tests (no network).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from memgeo.errors import MemgeoError
+from memgeo.io import atomic_write_text
+from memgeo.models.base import as_time, expand_like
+from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
+from memgeo.models.schedule import DiscreteSchedule
+
+REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def _check_folder(folder: Path) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise MemgeoError(f"{folder} has no model_index.json", "point at a diffusers pipeline folder")
+    missing = [c for c in REQUIRED if not (folder / c).is_dir()]
+    if missing:
+        raise MemgeoError(f"pipeline folder {folder} lacks {', '.join(missing)}",
+                          "a text-to-image pipeline needs unet/, text_encoder/, tokenizer/ and scheduler/")
+
+
+class DiffusersPromptModel(PromptDiffusionModel):
+    """A diffusers text-to-image pipeline (UNet2DConditionModel + CLIP text encoder) as a prompt model.
+
+    Build it with :meth:`from_folder`. Parameters are frozen and the modules in eval mode.
+
+    Attention. By default every attention call (UNet and text encoder) runs PyTorch's *math*
+    scaled-dot-product kernel, which is made of differentiable primitives: forward-mode JVPs and
+    double backward (the VJP fallback for J v, gradients of scores w.r.t. tokens) all work. The
+    fused kernels are faster but, on CPU, support only first-order reverse mode (``J^T w``);
+    ``fused_attention=True`` selects them for plain sampling.
+    """
+
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, fused_attention: bool = False) -> None:
+        super().__init__()
+        self.fused_attention = fused_attention
+        self.unet = unet.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        self.tokenizer = tokenizer
+        self.schedule = DiscreteSchedule.from_scheduler(scheduler)
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise MemgeoError(f"scheduler prediction_type {self.prediction_type!r} is not supported",
+                              "use an epsilon, v_prediction or sample model")
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        self.data_shape = (unet.config.in_channels, h, w)
+        self.max_length = int(tokenizer.model_max_length)
+        self._null: torch.Tensor | None = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    fused_attention: bool = False) -> DiffusersPromptModel:
+        """Load the components of a pipeline folder (offline); ``fused_attention`` as in the class."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = Path(folder)
+        _check_folder(folder)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
+            text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype)
+            tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+            # Any diffusers scheduler config carries the betas; DDPM's class computes alphas_cumprod from them.
+            sched = DDPMScheduler.from_config(DDPMScheduler.load_config(folder / "scheduler"))
+            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
+                   if (folder / "vae").is_dir() else None)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise MemgeoError(f"cannot load the pipeline in {folder} ({str(exc).splitlines()[0]})",
+                              "check that it was saved with save_pretrained and is complete") from exc
+        return cls(unet, text, tok, sched, vae, fused_attention=fused_attention).to(device)
+
+    # --- text path ------------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> TokenBatch:
+        if isinstance(prompts, str):
+            raise MemgeoError("tokenize got one string, expected a list of prompts", "wrap it: [prompt]")
+        enc = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        tokens = [self.tokenizer.convert_ids_to_tokens(row[m].tolist()) for row, m in zip(ids, mask)]
+        return TokenBatch(ids=ids, mask=mask, tokens=tokens)
+
+    def _text_model(self):
+        # transformers 4.x nests the transformer in .text_model; 5.x puts its parts on the model itself.
+        return getattr(self.text_encoder, "text_model", self.text_encoder)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        tm = self._text_model()
+        return tm.embeddings.token_embedding(ids.to(tm.embeddings.token_embedding.weight.device))
+
+    def encode_embeddings(self, token_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """CLIP's last hidden state from token embeddings (B, L, E_in) -> (B, L, E).
+
+        As in Stable Diffusion, attention is causal and the padding mask is not applied (padding
+        tokens are encoded too and the UNet attends to all L positions); ``mask`` is accepted for
+        the interface.
+        """
+        from transformers.masking_utils import create_causal_mask
+
+        tm = self._text_model()
+        hidden = tm.embeddings(inputs_embeds=token_emb)
+        causal = create_causal_mask(config=self.text_encoder.config, inputs_embeds=hidden, attention_mask=None,
+                                    past_key_values=None)
+        with self._attention():
+            out = tm.encoder(inputs_embeds=hidden, attention_mask=causal, is_causal=True)
+        return tm.final_layer_norm(out.last_hidden_state)
+
+    def _attention(self):
+        """Context selecting the attention kernel (see the class docstring)."""
+        from contextlib import nullcontext
+
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return nullcontext() if self.fused_attention else sdpa_kernel([SDPBackend.MATH])
+
+    def null_embedding(self) -> torch.Tensor:
+        if self._null is None:  # the weights are frozen, so the empty prompt's encoding is a constant
+            with torch.no_grad():
+                self._null = self.encode([""])
+        return self._null
+
+    # --- denoiser -------------------------------------------------------------------------------
+    def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x, cond)
+        b = x.shape[0]
+        tt = as_time(t, b, x)
+        if cond is None:
+            cond = self.null_embedding().to(dtype=x.dtype, device=x.device).expand(b, -1, -1)
+        with self._attention():
+            out = self.unet(x, self.schedule.timestep(tt), encoder_hidden_states=cond.to(x.dtype)).sample
+        if self.prediction_type == "epsilon":
+            return out
+        psi = expand_like(self.schedule.sqrt_alpha_bar(tt), x)
+        sigma = expand_like(self.schedule.sigma(tt), x)
+        if self.prediction_type == "v_prediction":  # v = psi eps - sigma x0  =>  eps = psi v + sigma x_t
+            return psi * out + sigma * x
+        return (x - psi * out) / sigma  # "sample": the network predicts x0
+
+    # --- latent space ---------------------------------------------------------------------------
+    def _require_vae(self):
+        if self.vae is None:
+            raise MemgeoError("this pipeline has no VAE: the model works on images directly", "skip decode/encode")
+        return self.vae
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images from latents, (B, *data_shape) -> (B, C, H, W) in about [-1, 1]."""
+        vae = self._require_vae()
+        return vae.decode(latents / vae.config.scaling_factor).sample
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents (the posterior mean, scaled) of images (B, C, H, W) in [-1, 1] -> (B, *data_shape)."""
+        vae = self._require_vae()
+        return vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+
+
+# --- a tiny random pipeline for tests -------------------------------------------------------------
+TINY_WORDS = ("a", "photo", "of", "cat", "dog", "digit", "three", "seven", "the", "red", "blue", "mat", "on")
+
+
+def _write_clip_vocab(folder: Path) -> None:
+    """A small byte-level-BPE vocabulary: every letter and digit (alone and word-final) plus whole words."""
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    for word in TINY_WORDS:  # merge left to right: "c a" -> "ca", "ca t</w>" -> "cat</w>"
+        if len(word) < 2:
+            continue
+        left = word[0]
+        for i, ch in enumerate(word[1:], 1):
+            right = ch + ("</w>" if i == len(word) - 1 else "")
+            merges.append(f"{left} {right}")
+            left = left + right
+            if left not in tokens:
+                tokens.append(left)
+    merges = list(dict.fromkeys(merges))
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "vocab.json", json.dumps({tok: i for i, tok in enumerate(tokens)}))
+    atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False, max_length: int = 16) -> Path:
+    """Write a random-weight text-to-image pipeline folder (no network), loadable by ``load_prompt_model``.
+
+    Pixel space (``latent=False``): UNet on (1, 8, 8) images. Latent space: a tiny ``AutoencoderKL``
+    maps (1, 16, 16) images to (4, 8, 8) latents. Text: a 2-layer CLIP encoder (width 32) with a
+    letter-level BPE tokenizer (whole-word tokens for :data:`TINY_WORDS`), prompts padded to
+    ``max_length``. Scheduler: Stable Diffusion's 1000-step ``scaled_linear`` DDPM schedule.
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok_dir = folder / "tokenizer"
+    _write_clip_vocab(tok_dir / "src")
+    # from_pretrained on the two BPE files works across transformers 4.x (slow) and 5.x (fast) tokenizers.
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir / "src", local_files_only=True, model_max_length=max_length,
+                                              pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(tok_dir)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text.save_pretrained(folder / "text_encoder")
+    channels = 4 if latent else 1
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=channels, out_channels=channels, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012).save_pretrained(folder / "scheduler")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"],
+             "vae": [None, None], "safety_checker": [None, None], "feature_extractor": [None, None]}
+    if latent:
+        AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32),
+                      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                      norm_num_groups=8, sample_size=16).save_pretrained(folder / "vae")
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    atomic_write_text(folder / "model_index.json", json.dumps(index, indent=2))
+    return folder
+
+
+__all__ = ["TINY_WORDS", "DiffusersPromptModel", "build_tiny_pipeline"]
