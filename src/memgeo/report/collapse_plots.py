@@ -61,8 +61,13 @@ def fan_chart(generations: np.ndarray, values: np.ndarray, *, theory_mean: np.nd
 
 def lines_plot(generations: np.ndarray, means: Mapping[str, np.ndarray], *,
                se: Mapping[str, np.ndarray] | None = None, theory: Mapping[str, np.ndarray] | None = None,
-               ylabel: str = "", title: str | None = None, logy: bool = False, ax=None) -> Figure:
-    """One line per group (mean over runs, shaded +- 2 se), theory curves dashed in the same colour."""
+               ylabel: str = "", title: str | None = None, logy: bool = False, logx: bool = False,
+               ax=None) -> Figure:
+    """One line per group (mean over runs, shaded +- 2 se), theory curves dashed in the same colour.
+
+    ``logx`` puts generations on a symmetric-log axis (linear up to 1), where a loss that grows like
+    log t -- the linear schedule -- is a straight line and a levelling-off curve bends flat.
+    """
     _check_groups(means, "means")
     gen = _as_array(generations, "generations", (1,))
     colors = _group_colors(list(means))
@@ -81,6 +86,12 @@ def lines_plot(generations: np.ndarray, means: Mapping[str, np.ndarray], *,
                     label=f"{name} (theory)")
     if logy:
         ax.set_yscale("log")
+    if logx:
+        if gen.min() > 0:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(left=0)
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     if title:

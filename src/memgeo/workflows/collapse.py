@@ -250,11 +250,18 @@ def _build_report(report: Report, out: Path, cfg: CollapseConfig, hists: dict[st
         means = {k: _stats(h.metrics[main])["mean"] for k, h in hists.items()}
         ses = {k: _stats(h.metrics[main])["se"] for k, h in hists.items()}
         theo = {k: theories[k][main][0] for k in hists if main in theories[k]}
+        caption = ("Mean over runs (+- 2 se) per schedule, theory dashed. Collapse continues while sum 1/n_t "
+                   "(plus sum c n_t^-beta for a biased estimator) keeps growing.")
         fig = lines_plot(gens, means, se=ses, theory=theo, ylabel=f"mean {main}",
                          title=f"Schedules compared ({cfg.estimator} estimator)")
-        figure_to_report(report, fig, out / f"schedules_{main}.png", heading="Schedules compared",
-                         caption="Mean over runs (+- 2 se) per schedule, theory dashed. Collapse continues while "
-                                 "sum 1/n_t (plus sum c n_t^-beta for a biased estimator) keeps growing.")
+        figure_to_report(report, fig, out / f"schedules_{main}.png", caption=caption, heading="Schedules compared")
+        # log-log view of the loss since generation 0: slope 1 (constant), log t (linear), flat (converging sums)
+        loss = {k: m[0] - m[1:] for k, m in means.items()}
+        fig = lines_plot(gens[1:], loss, theory={k: t[0] - t[1:] for k, t in theo.items()}, logx=True, logy=True,
+                         ylabel=f"loss of {main} since generation 0", title="Same, as a loss on log-log axes")
+        figure_to_report(report, fig, out / f"schedules_{main}_loss.png",
+                         caption="A straight line of slope 1 keeps collapsing at a constant rate; a curve that "
+                                 "bends flat has a finite total loss.")
     others = [k for k in next(iter(hists.values())).metrics if k != main]
     if others:
         gens = next(iter(hists.values())).generations
