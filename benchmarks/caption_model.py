@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"class accuracy of generations: memorized {c['memorized']['class_accuracy']:.3f}, "
           f"generic {c['generic']['class_accuracy']:.3f}; classifier held-out "
           f"{summary['classifier']['holdout_accuracy']:.3f}")
+    for r in summary["guidance_sweep"]:
+        print(f"guidance {r['guidance']:>4}: copy rate memorized {r['copy_rate_memorized']:.3f}, "
+              f"generic {r['copy_rate_generic']:.3f}; class accuracy memorized {r['class_accuracy_memorized']:.3f}, "
+              f"generic {r['class_accuracy_generic']:.3f}")
     print(f"train {summary['timings']['train_model_s']:.0f} s, evaluate {summary['timings']['evaluate_s']:.0f} s")
     if args.json:
         write_json(args.json, {"machine": machine, "command": " ".join(sys.argv), **summary})

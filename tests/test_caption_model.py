@@ -225,7 +225,8 @@ def test_caption_bench_workflow_writes_a_complete_folder(tmp_path):
     from memgeo.workflows.caption_bench import CaptionBenchConfig, run_caption_bench
 
     cfg = CaptionBenchConfig(n_memorized=10, copies=2, steps=20, hidden=32, depth=1, embed_dim=16, batch_size=32,
-                             sample_steps=2, generations=1, classifier_epochs=1, max_images=200)
+                             sample_steps=2, generations=1, classifier_epochs=1, max_images=200,
+                             guidance_sweep=(1.0,))
     summary = run_caption_bench(cfg, tmp_path, progress=False)
     assert (tmp_path / "READY").is_file()
     mem = load_prompts(tmp_path / "prompts_memorized.jsonl")
@@ -240,3 +241,5 @@ def test_caption_bench_workflow_writes_a_complete_folder(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["copy"]["memorized"]["n_generations"] == 10 == summary["copy"]["memorized"]["n_generations"]
     assert 0.0 <= saved["copy"]["generic"]["copy_rate"] <= 1.0
+    assert [r["guidance"] for r in saved["guidance_sweep"]] == [1.0]
+    assert (tmp_path / "guidance_sweep.csv").is_file() and (tmp_path / "report.html").is_file()

@@ -74,30 +74,35 @@ class CaptionBenchConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     cond_drop: float = Field(0.1, ge=0, le=1)
     guidance: float = Field(4.0, ge=0)
+    guidance_sweep: tuple[float, ...] = Field((1.0, 2.0, 3.0, 5.0, 7.5),
+                                              description="extra guidance weights whose copy rates are reported")
     sample_steps: int = Field(50, ge=1)
     generations: int = Field(4, ge=1, description="generations per prompt for the copy rates")
     classifier_epochs: int = Field(60, ge=1)
     seed: int = 0
 
 
-def _generate(model: CaptionDiffusionModel, prompts: list[BenchmarkPrompt], cfg: CaptionBenchConfig
-              ) -> tuple[torch.Tensor, list[int]]:
+def _generate(model: CaptionDiffusionModel, prompts: list[BenchmarkPrompt], cfg: CaptionBenchConfig,
+              guidance: float) -> tuple[torch.Tensor, list[int]]:
     """``generations`` samples per prompt, prompt i with seeds i*generations + g; (P*G, *shape) and seeds."""
     cond = model.encode([p.prompt for p in prompts]).repeat_interleave(cfg.generations, dim=0)
     seeds = [i * cfg.generations + g for i in range(len(prompts)) for g in range(cfg.generations)]
     noise = torch.stack([torch.randn(model.data_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    x0 = sample_ddim(model, noise, steps=cfg.sample_steps, cond=cond, guidance=cfg.guidance, clip=(-1.0, 1.0)).x0
+    x0 = sample_ddim(model, noise, steps=cfg.sample_steps, cond=cond, guidance=guidance, clip=(-1.0, 1.0)).x0
     return x0, seeds
 
 
 def evaluate_copies(model: CaptionDiffusionModel, bench: CaptionBenchmark, classifier: DigitClassifier,
-                    cfg: CaptionBenchConfig) -> tuple[list[dict], dict, torch.Tensor]:
+                    cfg: CaptionBenchConfig, guidance: float | None = None) -> tuple[list[dict], dict, torch.Tensor]:
     """Generate for every benchmark prompt, label copies (d1/d2 < 1/3) and classify.
 
-    Returns per-generation rows, summary numbers per prompt set, and the generations (M, *shape).
+    ``guidance`` defaults to ``cfg.guidance``. Prompt i uses the seeds i * generations + g, so every
+    guidance weight sees the same initial noise. Returns per-generation rows, summary numbers per
+    prompt set, and the generations (M, *shape).
     """
     prompts = bench.prompts
-    x0, seeds = _generate(model, prompts, cfg)
+    guidance = cfg.guidance if guidance is None else guidance
+    x0, seeds = _generate(model, prompts, cfg, guidance)
     labels = label_copies(x0, bench.base_x)
     pred = classifier.predict(x0).numpy()
     rows = []
@@ -108,7 +113,7 @@ def evaluate_copies(model: CaptionDiffusionModel, bench: CaptionBenchmark, class
                          labels.is_copy[m] and p.train_index is not None and labels.nn_index[m] == p.train_index),
                      "nn_index": int(labels.nn_index[m]), "d1": float(labels.d1[m]), "d2": float(labels.d2[m]),
                      "predicted": int(pred[m]), "correct_class": bool(pred[m] == p.label)})
-    summary: dict = {"criterion": labels.criterion, "threshold": labels.threshold}
+    summary: dict = {"criterion": labels.criterion, "threshold": labels.threshold, "guidance": guidance}
     for name, flag in (("memorized", 1), ("generic", 0)):
         sel = [r for r in rows if r["memorized"] == flag]
         summary[name] = {"n_prompts": len(sel) // cfg.generations, "n_generations": len(sel),
@@ -164,13 +169,21 @@ def run_caption_bench(cfg: CaptionBenchConfig, out: str | Path = DEFAULT_OUT, *,
     rows, copies, x0 = evaluate_copies(model, bench, clf.model, cfg)
     write_csv(out / "generations.csv", rows)
     timings["evaluate_s"] = time.perf_counter() - t0
+    sweep = []
+    for w in cfg.guidance_sweep:
+        _, s, _ = evaluate_copies(model, bench, clf.model, cfg, guidance=w)
+        sweep.append({"guidance": w, **{f"{k}_{name}": s[name][k] for name in ("memorized", "generic")
+                                        for k in ("copy_rate", "copies_own_image_rate", "class_accuracy")}})
+    if sweep:
+        write_csv(out / "guidance_sweep.csv", sweep)
 
-    summary = {"copy": copies, "classifier": clf.summary(), "settings": cfg.model_dump(),
+    summary = {"copy": copies, "guidance_sweep": sweep, "classifier": clf.summary(), "settings": cfg.model_dump(),
                "data": {"n_train_rows": int(bench.data.x.shape[0]), "n_distinct": int(bench.base_x.shape[0]),
                         "n_memorized_prompts": len(bench.memorized), "n_generic_prompts": len(bench.generic),
                         "vocab_size": len(model_cfg.vocab)},
                "training": {"steps": cfg.steps, "final_loss": result.log[-1]["loss"] if result.log else None,
-                            "resumed_from": result.resumed_from},
+                            "resumed_from": result.resumed_from,
+                            "logged_seconds": result.log[-1]["seconds"] if result.log else None},
                "timings": timings, "torch_threads": torch.get_num_threads()}
     write_json(out / "summary.json", summary)
     _report(out, summary, rows, x0, cfg)
@@ -184,6 +197,8 @@ def _report(out: Path, summary: dict, rows: list[dict], x0: torch.Tensor, cfg: C
     report = Report("Memorized-caption benchmark", "caption-conditional diffusion on digits")
     report.add_metrics({"memorized": summary["copy"]["memorized"], "generic": summary["copy"]["generic"],
                         "classifier": summary["classifier"]}, heading="Copy rates and classifier")
+    if summary["guidance_sweep"]:
+        report.add_table(summary["guidance_sweep"], heading="Copy rate against guidance weight")
     for name, flag in (("memorized", 1), ("generic", 0)):
         idx = [i for i, r in enumerate(rows) if r["memorized"] == flag][: 8 * cfg.generations]
         fig = image_grid(x0[idx].numpy(), titles=[rows[i]["prompt"].split()[-1] for i in idx],
