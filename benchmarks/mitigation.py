@@ -38,13 +38,16 @@ from memgeo.models.classifier import load_classifier
 from memgeo.models.prompt import load_prompt_model
 from memgeo.workflows.mitigate import MitigateConfig, run_mitigate
 
-# The grid searched with --tune (the defaults of each class are included where sensible).
+# The grid searched with --tune. ``target`` 0.3 (SAIL, Han) / 0.2-0.3 (Wen) is the detect-then-mitigate gate
+# on the first-step guidance norm ||d_eps(x_T)||: on the tuning seeds the generic prompts' norms lie in
+# [0.15, 0.32] and the memorized prompts' in [0.32, 0.64] (see docs/mitigation.md).
 GRID: dict[str, dict[str, list[Any]]] = {
     "none": {},
-    "sail": {"n_candidates": [1, 4], "opt_steps": [10, 20], "lr": [0.05, 0.1], "lam": [0.5], "delta": [0.5]},
-    "wen_prompt": {"opt_steps": [10], "lr": [0.01, 0.05, 0.1]},
-    "jain_delayed": {"max_delay": [0.2, 0.4, 1.0]},
-    "han_noise": {"mode": ["per_sample"], "iters": [10, 20], "lr": [0.05, 0.1]},
+    "sail": {"n_candidates": [1, 4], "opt_steps": [10, 20], "lr": [0.05, 0.1], "lam": [0.5], "delta": [0.5],
+             "target": [None, 0.3]},
+    "wen_prompt": {"opt_steps": [10], "lr": [0.02, 0.05, 0.1], "target": [None, 0.2, 0.3]},
+    "jain_delayed": {"min_step": [1, 5, 10], "max_delay": [0.4, 1.0]},
+    "han_noise": {"mode": ["per_sample"], "iters": [10, 20], "lr": [0.05, 0.1], "target": [None, 0.3]},
 }
 HAN_BATCH = [{"mode": "batch", "iters": 2, "rho": 0.1, "gamma": g, "delay_steps": d}
              for g in (0.1, 0.3) for d in (0, 5)]

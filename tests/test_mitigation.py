@@ -216,3 +216,18 @@ def test_registry_errors(toy):
     with pytest.raises(MemgeoError, match="rows"):
         get_mitigation("none").generate(model, model.encode([MEM] * 3), noise(2), steps=3)
     assert get_mitigation("sail", lam=0.1).params()["lam"] == 0.1
+
+
+def test_sail_target_gate_leaves_unflagged_rows_alone(toy):
+    """Rows whose first-step guidance norm is <= target keep x_T and cost 4 evaluations plus sampling."""
+    model, _ = toy
+    full = run("sail", model, MEM, b=8, n_candidates=2, opt_steps=3)
+    norms = full.diagnostics["guidance_norm_initial"]
+    target = float(np.median(norms))
+    gated = run("sail", model, MEM, b=8, n_candidates=2, opt_steps=3, target=target)
+    flagged = gated.diagnostics["flagged"].astype(bool)
+    assert flagged.any() and not flagged.all() and np.array_equal(flagged, norms > target)
+    assert torch.equal(gated.noise[~torch.as_tensor(flagged)], noise(8)[~torch.as_tensor(flagged)])
+    torch.testing.assert_close(gated.noise[torch.as_tensor(flagged)], full.noise[torch.as_tensor(flagged)])
+    assert (gated.nfe[~flagged] == 4 + 2 * (STEPS + 1)).all()
+    assert (gated.nfe[flagged] == 4 * 2 + 4 * 3 + 4 + 2 * (STEPS + 1)).all() and (gated.nbe[~flagged] == 0).all()

@@ -48,7 +48,8 @@ class SAIL(Mitigation):
     the chosen z.
 
     Cost per generation (counted): ``4 n_candidates + 4 opt_steps + 4 [opt_steps > 0]`` forward and
-    ``4 opt_steps`` backward evaluations, plus the sampling's ``2 (steps + 1)``.
+    ``4 opt_steps`` backward evaluations, plus the sampling's ``2 (steps + 1)``; a generation left
+    alone by the ``target`` gate costs 4 forward evaluations plus sampling.
 
     Parameters
     ----------
@@ -60,25 +61,31 @@ class SAIL(Mitigation):
         Look-ahead radius.
     lam : float >= 0, default 0.5
         Weight of the norm regulariser R (R = 0 on the typical shell, about 0.01 at rho = 0.9).
+    target : float, optional
+        Detect-then-mitigate gate: only generations whose first-step guidance norm
+        ||d_eps(x_T)|| (Wen et al.'s detection score, computed anyway) exceeds ``target`` are
+        optimised; the others keep x_T. ``None`` optimises every generation.
     """
 
     name = "sail"
     summary = "initial noise minimising ||d_eps(z + delta u)||^2 + a Gaussian-norm penalty (Jeon et al. 2025)"
 
     def __init__(self, n_candidates: int = 1, opt_steps: int = 10, lr: float = 0.05, delta: float = 0.5,
-                 lam: float = 0.5) -> None:
+                 lam: float = 0.5, target: float | None = None) -> None:
         self.n_candidates = check_count("n_candidates", n_candidates, 1)
         self.opt_steps = check_count("opt_steps", opt_steps, 0)
         self.lr = check_positive("lr", lr)
         self.delta = check_positive("delta", delta, allow_zero=True)
         self.lam = check_positive("lam", lam, allow_zero=True)
+        self.target = None if target is None else check_positive("target", target, allow_zero=True)
 
     def sharpness(self, model: DiffusionModel, z: torch.Tensor, cond: torch.Tensor, tally: CostTally,
-                  rows: np.ndarray, backward: bool = False) -> torch.Tensor:
-        """||d_eps(z + delta u(z))|| at t = 1 for each row, shape (b,); 4 forward evaluations per row."""
+                  rows: np.ndarray, backward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||d_eps(z)||, ||d_eps(z + delta u(z))||) at t = 1, each (b,); 4 forward evaluations per row."""
         d = tally.noise_difference(model, z, 1.0, cond, rows, backward)
-        u = d / row_norm(d).clamp_min(1e-12).reshape((-1,) + (1,) * (z.ndim - 1))
-        return row_norm(tally.noise_difference(model, z + self.delta * u, 1.0, cond, rows, backward))
+        norm = row_norm(d)
+        u = d / norm.clamp_min(1e-12).reshape((-1,) + (1,) * (z.ndim - 1))
+        return norm, row_norm(tally.noise_difference(model, z + self.delta * u, 1.0, cond, rows, backward))
 
     def objective(self, sharp: torch.Tensor, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """L = sharp^2 / scale^2 + lam R(z) per row, shape (b,)."""
@@ -91,49 +98,64 @@ class SAIL(Mitigation):
         check_inputs(model, cond, x_T, steps)
         b = x_T.shape[0]
         tally = CostTally(b)
-        rows = np.arange(b)
         with torch.no_grad():
-            sharp0 = self.sharpness(model, x_T, cond, tally, rows)
-            scale = sharp0.clamp_min(1e-12)
-            best_z = x_T.clone()
-            best_obj = self.objective(sharp0, x_T, scale)
+            norm0, sharp0 = self.sharpness(model, x_T, cond, tally, np.arange(b))
+            # Candidates are drawn for every row so that a row's draws do not depend on the others.
+            extra = [torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype, device=x_T.device)
+                     for _ in range(self.n_candidates - 1)]
+        flagged = np.ones(b, dtype=bool) if self.target is None else (norm0 > self.target).cpu().numpy()
+        idx = np.flatnonzero(flagged)
+        sel = torch.as_tensor(idx, dtype=torch.long)
+        c, x0 = cond[sel], x_T[sel]
+        scale = sharp0[sel].clamp_min(1e-12)
+        with torch.no_grad():
+            best_z = x0.clone()
+            best_obj = self.objective(sharp0[sel], x0, scale)
             first_obj = best_obj.clone()
-            for _ in range(self.n_candidates - 1):
-                z = torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype, device=x_T.device)
-                obj = self.objective(self.sharpness(model, z, cond, tally, rows), z, scale)
+            for cand in extra:
+                z = cand[sel]
+                obj = self.objective(self.sharpness(model, z, c, tally, idx)[1], z, scale)
                 better = obj < best_obj
                 best_z[better] = z[better]
                 best_obj = torch.where(better, obj, best_obj)
         selected_obj = best_obj.clone()
-        if self.opt_steps > 0:
+        if self.opt_steps > 0 and idx.size:
             z = best_z.clone()
             m, v = torch.zeros_like(z), torch.zeros_like(z)
             for k in range(1, self.opt_steps + 2):
+                grad_step = k <= self.opt_steps  # the last evaluation only scores the final iterate
                 with torch.enable_grad():
-                    zg = z.clone().requires_grad_(k <= self.opt_steps)
-                    obj = self.objective(self.sharpness(model, zg, cond, tally, rows, backward=k <= self.opt_steps),
-                                         zg, scale)
+                    zg = z.clone().requires_grad_(grad_step)
+                    obj = self.objective(self.sharpness(model, zg, c, tally, idx, backward=grad_step)[1], zg, scale)
                     better = obj.detach() < best_obj
                     best_z[better] = z[better]
                     best_obj = torch.where(better, obj.detach(), best_obj)
-                    if k > self.opt_steps:
-                        break  # the last evaluation only scores the final iterate
+                    if not grad_step:
+                        break
                     (g,) = torch.autograd.grad(obj.sum(), zg)
                 m = 0.9 * m + 0.1 * g
                 v = 0.999 * v + 0.001 * g * g
                 z = z - self.lr * (m / (1 - 0.9 ** k)) / ((v / (1 - 0.999 ** k)).sqrt() + 1e-8)
+        noise = x_T.clone()
+        noise[sel] = best_z
         with torch.no_grad():
-            res = sample_ddim(model, best_z, steps=steps, cond=cond, guidance=guidance, clip=clip)
+            res = sample_ddim(model, noise, steps=steps, cond=cond, guidance=guidance, clip=clip)
         per_call = 1 if guidance in (0.0, 1.0) else 2
         dim = x_T[0].numel()
+
+        def full(values: torch.Tensor, fill: torch.Tensor) -> np.ndarray:
+            out = fill.double().cpu().numpy().copy()
+            out[idx] = values.double().cpu().numpy()
+            return out
+
+        obj0 = self.objective(sharp0, x_T, sharp0.clamp_min(1e-12)).detach()
         return MitigationResult(
-            samples=res.x0, noise=best_z, nfe=tally.nfe + per_call * (steps + 1), nbe=tally.nbe,
-            diagnostics={"objective_initial": first_obj.double().cpu().numpy(),
-                         "objective_selected": selected_obj.double().cpu().numpy(),
-                         "objective_final": best_obj.double().cpu().numpy(),
-                         "sharpness_initial": sharp0.double().cpu().numpy(),
-                         "noise_norm_ratio": (row_norm(best_z) / math.sqrt(dim)).double().cpu().numpy(),
-                         "noise_shift": (row_norm(best_z - x_T) / math.sqrt(dim)).double().cpu().numpy()})
+            samples=res.x0, noise=noise, nfe=tally.nfe + per_call * (steps + 1), nbe=tally.nbe,
+            diagnostics={"flagged": flagged.astype(float), "guidance_norm_initial": norm0.double().cpu().numpy(),
+                         "objective_initial": full(first_obj, obj0), "objective_selected": full(selected_obj, obj0),
+                         "objective_final": full(best_obj, obj0),
+                         "noise_norm_ratio": (row_norm(noise) / math.sqrt(dim)).double().cpu().numpy(),
+                         "noise_shift": (row_norm(noise - x_T) / math.sqrt(dim)).double().cpu().numpy()})
 
 
 class InitialNoiseAdjustment(Mitigation):
