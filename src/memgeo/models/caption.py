@@ -18,7 +18,7 @@ Words are lower-cased with punctuation removed; words outside the training vocab
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -217,7 +217,7 @@ def load_caption_model(folder: str | Path, device: str | torch.device = "cpu") -
 # --- training -----------------------------------------------------------------------------------
 def train_caption_model(config: CaptionModelConfig, train_config: TrainConfig, data: torch.Tensor,
                         captions: Sequence[str], out_dir: str | Path | None = None, *, progress: bool = True,
-                        resume: bool = True, on_log=None) -> TrainResult:
+                        resume: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a caption model by denoising score matching with caption dropout.
 
     Parameters
@@ -232,6 +232,8 @@ def train_caption_model(config: CaptionModelConfig, train_config: TrainConfig, d
     out_dir : path, optional
         Checkpoint folder (``model.safetensors`` loadable by :func:`load_caption_model`,
         ``state.safetensors`` for resume, ``train_log.csv``); resumes like :func:`~memgeo.models.train`.
+    on_log : callable(dict), optional
+        Called with every loss-log entry (step, loss, seconds).
 
     Returns
     -------
