@@ -137,3 +137,14 @@ def test_without_train_data_or_classifier(assets, tmp_path):
     assert [r["method"] for r in summary["table"]] == ["none", "han_noise"]
     assert summary["table"][1]["copy_rate_memorized"] is None and summary["copy_criterion"] is None
     assert (tmp_path / "plain" / "report.html").is_file()
+
+
+def test_edited_prompt_file_is_detected_on_resume(assets, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a digit three\na digit five\n")
+    cfg = wf.MitigateConfig(model=str(assets / "model"), prompts=str(prompts), methods=("none",), generations=1,
+                            steps=2)
+    wf.run_mitigate(cfg, tmp_path / "run", progress=False)
+    prompts.write_text("a digit three\na digit seven\n")
+    with pytest.raises(wf.MemgeoError, match="edited prompt file"):
+        wf.run_mitigate(cfg, tmp_path / "run", progress=False)

@@ -196,6 +196,10 @@ def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True)
         if done:
             say(f"{name}: resumed, {done} of {len(prompts)} prompts were already finished")
         records[name] = [json.loads((folder / f"{i:05d}.json").read_text()) for i in range(len(prompts))]
+        for i, (rec, entry) in enumerate(zip(records[name], prompts)):
+            if rec["prompt"] != entry.prompt:  # same settings, but the prompt file was edited in between
+                raise MemgeoError(f"record {name}/{i:05d} was generated for {rec['prompt']!r}, but prompt {i} "
+                                  f"is now {entry.prompt!r}", "choose a new --out for the edited prompt file")
         samples[name] = [np.load(folder / f"{i:05d}.npy") for i in range(len(prompts))]
     rows = _label(cfg, names, prompts, samples, records, train, classifier)
     table = _summaries(rows, names)
