@@ -231,3 +231,6 @@ def test_sail_target_gate_leaves_unflagged_rows_alone(toy):
     torch.testing.assert_close(gated.noise[torch.as_tensor(flagged)], full.noise[torch.as_tensor(flagged)])
     assert (gated.nfe[~flagged] == 4 + 2 * (STEPS + 1)).all()
     assert (gated.nfe[flagged] == 4 * 2 + 4 * 3 + 4 + 2 * (STEPS + 1)).all() and (gated.nbe[~flagged] == 0).all()
+    none_flagged = run("sail", model, MEM, b=8, n_candidates=2, opt_steps=3, target=float(norms.max()) + 1)
+    assert torch.equal(none_flagged.noise, noise(8)) and (none_flagged.diagnostics["flagged"] == 0).all()
+    torch.testing.assert_close(none_flagged.samples, run("none", model, MEM, b=8).samples)

@@ -84,7 +84,7 @@ class CostTally:
 
 def row_norm(v: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each row of a (B, ...) tensor, shape (B,)."""
-    return v.reshape(v.shape[0], -1).norm(dim=1)
+    return v.flatten(1).norm(dim=1)
 
 
 def x0_from_eps(model: DiffusionModel, x: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ class SAIL(Mitigation):
 
     def objective(self, sharp: torch.Tensor, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """L = sharp^2 / scale^2 + lam R(z) per row, shape (b,)."""
-        rho2 = (z.reshape(z.shape[0], -1) ** 2).sum(1) / z[0].numel()
+        rho2 = (z.flatten(1) ** 2).sum(1) / math.prod(z.shape[1:])
         return (sharp / scale) ** 2 + self.lam * 0.5 * (rho2 - 1 - rho2.clamp_min(1e-12).log())
 
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
@@ -112,7 +112,7 @@ class SAIL(Mitigation):
             best_z = x0.clone()
             best_obj = self.objective(sharp0[sel], x0, scale)
             first_obj = best_obj.clone()
-            for cand in extra:
+            for cand in extra if idx.size else []:
                 z = cand[sel]
                 obj = self.objective(self.sharpness(model, z, c, tally, idx)[1], z, scale)
                 better = obj < best_obj
