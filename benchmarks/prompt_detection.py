@@ -17,7 +17,12 @@ averaged over longer step windows:
   a fixed sign, higher = memorized, never flipped), TPR at FPR <= 1% (strict) and at the closest FPR;
 * cost: network passes per prompt (forward + JVP/VJP passes, from the algorithm, checked by tests)
   and wall milliseconds per prompt (batch of ``--batch`` prompts, one warm-up batch untimed);
-* context: the copy rate of the generations of each prompt group (d1/d2 < 1/3 on train_x.npy).
+* the effect size d' = (mean memorized - mean generic) / pooled std, which still ranks scores once
+  AUROC saturates at 1;
+* context: the copy rate of the generations of each prompt group (d1/d2 < 1/3 on train_x.npy);
+* copy detection (harder): memorized, generic and *partial* prompts (each memorized caption without
+  its adjective, and its two unique words alone), ``--generations-more`` generations each on fresh
+  seeds; every first-step score of each single generation against whether that generation is a copy.
 
 Each prompt's noise comes from seed + its index, so every configuration sees the same noises.
 """
@@ -69,12 +74,63 @@ def score_all(model, prompts: list[str], seeds: list[int], name: str, params: di
             1000.0 * seconds / len(prompts))
 
 
+def effect_size(values: np.ndarray, labels: np.ndarray) -> float:
+    """(mean positive - mean negative) / pooled standard deviation: how far apart the groups are,
+    which AUROC (saturated at 1 once they do not overlap) no longer shows."""
+    a, b = values[labels == 1], values[labels == 0]
+    pooled = np.sqrt(0.5 * (a.var(ddof=1) + b.var(ddof=1)))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
+
+
 def row(name: str, values: np.ndarray, labels: np.ndarray, passes: float, ms: float, n_boot: int, **info) -> dict:
     ev = evaluate_detector(values, labels, name, n_boot=n_boot, seed=0)
-    return {"score": name, **info, "auroc": ev.auroc, "ci_low": ev.ci_low, "ci_high": ev.ci_high,
+    return {"score": name, **info, "effect_size": effect_size(values, labels), "auroc": ev.auroc, "ci_low": ev.ci_low, "ci_high": ev.ci_high,
             "tpr_at_1pct_fpr": ev.tpr_at_1pct_fpr, "tpr_at_closest_1pct_fpr": ev.tpr_at_closest_1pct_fpr,
             "closest_fpr_used": ev.closest_fpr_used, "n_pos": ev.n_pos, "n_neg": ev.n_neg,
             "passes_per_prompt": passes, "ms_per_prompt": ms}
+
+
+def partial_prompts(prompt: str) -> list[str]:
+    """Harder variants of a memorized caption "a <adj> <noun> shaped like a <digit>": without the adjective,
+    and the two unique words alone. Whether they still copy is read from the generations."""
+    w = prompt.split()
+    return [" ".join([w[0]] + w[2:]), " ".join(w[1:3])] if len(w) >= 4 else []
+
+
+def copy_detection(model, entries, labels, train, names, sampling, args) -> tuple[list[dict], dict]:
+    """Per-generation detection of actual copies (d1/d2 < 1/3) over memorized, partial and generic prompts."""
+    prompts = [e.prompt for e in entries]
+    extra = [q for e, y in zip(entries, labels) if y == 1 for q in partial_prompts(e.prompt)]
+    allp = prompts + extra
+    group = np.array([("memorized" if y else "generic") for y in labels] + ["partial"] * len(extra))
+    seeds = [args.seed + 10_000 + i for i in range(len(allp))]  # fresh noises, not those of the prompt-level runs
+    n = args.generations_more
+    with torch.no_grad():
+        cond = model.encode(allp)
+        x = generation_noise(model, seeds, n)
+        x0 = generated_samples(model, cond.repeat_interleave(n, 0), x.reshape((-1,) + tuple(model.data_shape)),
+                               sampling, {})
+    is_copy = label_copies(x0.float(), train, "ratio").is_copy.astype(int)
+    rate = {g: float(is_copy.reshape(len(allp), n)[group == g].mean()) for g in ("memorized", "partial", "generic")}
+    print(f"copy detection: {len(allp)} prompts x {n} generations; copy rate per group {rate}", flush=True)
+    out = []
+    for name in names:
+        score = get_prompt_score(name)
+        vals = []
+        for s in range(0, len(allp), args.batch):
+            cache = {}
+            if score.needs_sample:  # reuse the generations already sampled
+                cache["x0"] = x0[s * n:(s + args.batch) * n]
+            vals.append(score.compute(model, cond[s:s + args.batch], x[s:s + args.batch], sampling=sampling,
+                                      cache=cache).per_generation.numpy().reshape(-1))
+        v = np.concatenate(vals)
+        r = row(name, v, is_copy, float("nan"), float("nan"), args.n_boot, generations=1, window="0:1",
+                target="copy (per generation)")
+        out.append(r)
+        print(f"  {name:<14} copy AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  "
+              f"TPR@1% {r['tpr_at_1pct_fpr']:.2f}  d' {r['effect_size']:.2f}", flush=True)
+    return out, {"n_prompts": len(allp), "n_partial": len(extra), "generations": n, "copy_rate": rate,
+                 "n_copies": int(is_copy.sum()), "n_generations": int(is_copy.size)}
 
 
 def main() -> None:
@@ -92,6 +148,7 @@ def main() -> None:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-copies", action="store_true", help="skip the copy-rate context")
+    p.add_argument("--no-partial", action="store_true", help="skip the partial-prompt copy-detection experiment")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -136,7 +193,7 @@ def main() -> None:
                                                  args.batch)
             record("wen", vals, extras, passes, ms, generations=gens, window=w)
 
-    copies = None
+    copies, copy_results = None, []
     if not args.no_copies and (run / "train_x.npy").is_file():
         train = torch.as_tensor(np.load(run / "train_x.npy"), dtype=torch.float32)
         with torch.no_grad():
@@ -150,9 +207,11 @@ def main() -> None:
                   "copy_rate_generic": float(per_prompt[labels == 0].mean())}
         print(f"copy rate ({lab.criterion} < {lab.threshold}): memorized prompts {copies['copy_rate_memorized']:.2f}, "
               f"generic {copies['copy_rate_generic']:.2f}")
+        if not args.no_partial:
+            copy_results, copies["partial"] = copy_detection(model, entries, labels, train, names, sampling, args)
     cont = contention.stop()
 
-    cols = [("score", "score"), ("window", "steps"), ("generations", "n"), ("auroc", "AUROC"), ("ci_low", "CI low"),
+    cols = [("score", "score"), ("window", "steps"), ("generations", "n"), ("effect_size", "d'"), ("auroc", "AUROC"), ("ci_low", "CI low"),
             ("ci_high", "CI high"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("tpr_at_closest_1pct_fpr", "TPR@closest"),
             ("closest_fpr_used", "closest FPR"), ("passes_per_prompt", "passes/prompt"), ("ms_per_prompt", "ms/prompt")]
     print()
@@ -160,11 +219,14 @@ def main() -> None:
     print(f"{labels.sum()} memorized + {(1 - labels).sum()} generic prompts; sampling {sampling.model_dump()}; "
           f"other CPU load during the run: {cont['other_cpus']}")
     print(markdown_table(results, cols))
+    if copy_results:
+        print()
+        print(markdown_table(copy_results, cols[:-2]))
     if args.json:
         write_json(args.json, {"command": " ".join(sys.argv), "machine": machine, "contention": cont,
                                "run": str(run), "run_config": run_cfg, "sampling": sampling.model_dump(),
                                "n_memorized": int(labels.sum()), "n_generic": int((1 - labels).sum()),
-                               "copies": copies, "results": results, "time": time.strftime("%Y-%m-%d %H:%M UTC",
+                               "copies": copies, "results": results, "copy_detection": copy_results, "time": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                             time.gmtime())})
 
 

@@ -71,6 +71,7 @@ def test_detect_end_to_end_on_a_caption_checkpoint(run_cli, caption_folder, tmp_
         assert text in page
     attr = json.loads((out / "attribution.json").read_text())
     assert attr[0]["label"] == 1 and attr[0]["tokens"][0] == "<bos>"  # memorized prompts listed first
+    assert sorted(a["label"] for a in attr) == [0, 0, 0, 0, 1, 1]
     for name in ("roc.png", "histograms.png", "cost_auroc.png", "config.json", "provenance.json"):
         assert (out / name).is_file()
 

@@ -307,10 +307,14 @@ def _attribution(model: PromptDiffusionModel, cfg: DetectConfig, entries: list[P
                  labels: np.ndarray | None) -> list[dict[str, Any]]:
     if cfg.attribution_score is None or cfg.attribution_max_prompts == 0:
         return []
-    order = list(range(len(entries)))
-    if labels is not None:  # show labelled-memorized prompts first
-        order.sort(key=lambda i: -int(labels[i]))
-    chosen = order[: cfg.attribution_max_prompts]
+    k = cfg.attribution_max_prompts
+    if labels is None:
+        chosen = list(range(min(k, len(entries))))
+    else:  # memorized prompts first, then as many others, so that the display contrasts the two
+        pos = [i for i in range(len(entries)) if labels[i]]
+        neg = [i for i in range(len(entries)) if not labels[i]]
+        n_pos = min(len(pos), max(k - len(neg), (k + 1) // 2))
+        chosen = pos[:n_pos] + neg[: k - n_pos]
     out = []
     for start in range(0, len(chosen), cfg.batch_prompts):
         idx = chosen[start:start + cfg.batch_prompts]
