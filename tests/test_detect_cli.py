@@ -91,6 +91,7 @@ def test_restart_after_losing_records_gives_identical_results(run_cli, caption_f
     assert (out / "prompts" / "000000.json").read_text() == kept  # finished prompts were not recomputed
 
 
+@pytest.mark.slow  # a fresh interpreter (torch import) plus two runs: about 15 s on a busy 2-core machine
 def test_a_killed_run_resumes_to_the_same_results(run_cli, caption_folder, tmp_path):
     args = ["--scores", "wen,flipd_cond,flipd_uncond", "--generations", "3", "--batch", "1", "--steps", "60"]
     ref = tmp_path / "ref"
