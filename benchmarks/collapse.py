@@ -104,7 +104,8 @@ def neural(args: argparse.Namespace) -> dict:
     from memgeo.workflows.collapse import NeuralCollapseConfig, run_neural_collapse
 
     cfg = NeuralCollapseConfig(dataset=args.dataset, generations=args.generations, n=args.n, steps=args.steps,
-                               hidden=args.hidden, depth=args.depth, seed=args.seed)
+                               hidden=args.hidden, depth=args.depth, seed=args.seed, n_eval=args.n_eval,
+                               n_geometry=args.n_geometry, n_heldout=args.n_heldout)
     t0 = time.perf_counter()
     run_neural_collapse(cfg, args.out)
     seconds = time.perf_counter() - t0
@@ -136,6 +137,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--n-eval", type=int, default=500, help="generated samples per generation for the metrics")
+    ap.add_argument("--n-heldout", type=int, default=500)
+    ap.add_argument("--n-geometry", type=int, default=32, help="samples whose sharpness and LID are computed")
     args = ap.parse_args()
     machine = start_run(args)
     result = speed(args) if args.what == "speed" else neural(args)

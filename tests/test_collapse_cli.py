@@ -100,3 +100,15 @@ def test_workflow_config_round_trip_and_errors(tmp_path):
     with pytest.raises(MemgeoError, match="gaussian family"):
         run_collapse(CollapseConfig(family="categorical", estimator="unbiased"), tmp_path / "w3")
     assert not (tmp_path / "w2").exists() and not (tmp_path / "w3").exists()
+
+
+def test_cli_analytic_config_file_with_override(run_cli, tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"family": "gaussian", "estimator": "unbiased", "runs": 50, "generations": 3,
+                                "n": 20, "schedule": ["constant", "power:2"], "per_run_csv": False}))
+    code, _, err = run_cli("collapse", "--config", path, "--runs", "40", "--out", tmp_path / "o")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert saved["runs"] == 40 and saved["estimator"] == "unbiased" and saved["schedule"] == ["constant", "power:2"]
+    code, _, err = run_cli("collapse", "--config", tmp_path / "missing.json", "--out", tmp_path / "o2")
+    assert code == 2 and "does not exist" in err

@@ -78,7 +78,7 @@ class Family:
         return np.concatenate([a, b], axis=1)
 
     def subsample(self, batch: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n points per run without replacement (with replacement only if the pool is smaller)."""
+        """n points per run drawn without replacement (the whole pool when it holds at most n)."""
         size = batch.shape[1]
         if n >= size:
             return batch
@@ -145,7 +145,7 @@ class GaussianFamily(Family):
         self.cov0 = np.eye(self.dim) if cov0 is None else np.asarray(cov0, dtype=np.float64).reshape(self.dim, self.dim)
         if np.any(np.linalg.eigvalsh(self.cov0) <= 0):
             raise MemgeoError("cov0 is not positive definite", "pass a positive definite true covariance")
-        self.min_samples = self.dim + 1 if estimator != "biased" else max(self.dim + 1, 2)
+        self.min_samples = self.dim + 1  # a d-D covariance estimate needs d + 1 points
         self.supports_subsample = mode == "data"
 
     def truth(self, runs: int) -> GaussianParams:
