@@ -159,7 +159,8 @@ def main() -> None:
                "seconds": {"tuning": tune_seconds, "evaluation": time.perf_counter() - t1}}
     cols = [("method", "method"), ("copy_rate_memorized", "copy rate (memorized)"),
             ("copy_reduction_memorized", "reduction"), ("accuracy_all", "accuracy (all)"),
-            ("accuracy_drop_points", "drop (points)"), ("copy_rate_generic", "copy rate (generic)"),
+            ("accuracy_drop_points", "drop (points)"), ("median_statistic_memorized", "median d1/d2 (memorized)"),
+            ("copy_rate_generic", "copy rate (generic)"),
             ("nfe_per_generation", "NFE/gen"), ("nbe_per_generation", "NBE/gen"),
             ("seconds_per_generation", "s/gen")]
     print(_common.markdown_table(table, cols))

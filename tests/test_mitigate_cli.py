@@ -69,6 +69,8 @@ def test_cli_end_to_end(assets, tmp_path, run_cli):
     assert by["none"]["copy_rate_memorized"] == np.mean([r["is_copy"] == "True" for r in mem])
     assert by["none"]["accuracy_all"] == np.mean([r["correct_class"] == "True" for r in rows if r["method"] == "none"])
     assert by["none"]["accuracy_drop_points"] == 0
+    stats = [float(r["statistic"]) for r in mem]
+    assert by["none"]["median_statistic_memorized"] == pytest.approx(np.median(stats))
     assert res["methods"]["sail"]["params"]["n_candidates"] == 2
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Methods" in html and "data:image/png;base64" in html

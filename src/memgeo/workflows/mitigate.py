@@ -157,7 +157,11 @@ def _summaries(rows: list[dict], names: list[str]) -> list[dict]:
                            ("generic", [r for r in mine if r["memorized"] is False]), ("all", mine)):
             row[f"copy_rate_{group}"] = _rate(sel, "is_copy")
             row[f"accuracy_{group}"] = _rate(sel, "correct_class")
-        row["copies_own_image_memorized"] = _rate([r for r in mine if r["memorized"] is True], "copies_own_image")
+        mem = [r for r in mine if r["memorized"] is True]
+        row["copies_own_image_memorized"] = _rate(mem, "copies_own_image")
+        stats = [r["statistic"] for r in mem if r.get("statistic") is not None]
+        # How far from the copy threshold the memorized prompts' generations land (d1/d2 for "ratio").
+        row["median_statistic_memorized"] = float(np.median(stats)) if stats else None
         row["nfe_per_generation"] = _rate(mine, "nfe")
         row["nbe_per_generation"] = _rate(mine, "nbe")
         row["seconds_per_generation"] = _rate(mine, "seconds")
@@ -229,7 +233,8 @@ def _label(cfg: MitigateConfig, names: list[str], prompts: list[PromptEntry], sa
                        "nbe": rec["nbe"][g], "seconds": rec["seconds"] / len(rec["seeds"])}
                 if copies is not None:
                     own = rec["train_index"]
-                    row.update(is_copy=bool(copies.is_copy[m]), d1=float(copies.d1[m]), d2=float(copies.d2[m]),
+                    row.update(is_copy=bool(copies.is_copy[m]), statistic=float(copies.statistic[m]),
+                               d1=float(copies.d1[m]), d2=float(copies.d2[m]),
                                nn_index=int(copies.nn_index[m]), threshold=copies.threshold,
                                copies_own_image=None if own is None else bool(
                                    copies.is_copy[m] and int(copies.nn_index[m]) == int(own)))
@@ -245,12 +250,13 @@ def _report(out: Path, cfg: MitigateConfig, summary: dict, names: list[str], pro
             samples: dict[str, list[np.ndarray]], rows: list[dict]) -> None:
     report = Report("memgeo mitigate", subtitle=f"{cfg.model} | {cfg.prompts}")
     cols = ["method", "copy_rate_memorized", "copy_reduction_memorized", "accuracy_all", "accuracy_drop_points",
-            "copy_rate_generic", "accuracy_memorized", "accuracy_generic", "nfe_per_generation",
-            "nbe_per_generation", "seconds_per_generation"]
+            "median_statistic_memorized", "copy_rate_generic", "accuracy_memorized", "accuracy_generic",
+            "nfe_per_generation", "nbe_per_generation", "seconds_per_generation"]
     report.add_table(summary["table"], heading="Methods", columns=cols)
     report.add_text(
         "Copy rate: share of generations labelled copies of a training image "
-        f"(criterion {cfg.criterion}); accuracy: the digit classifier's agreement with the prompt's intended "
+        f"(criterion {cfg.criterion}; median_statistic_memorized is the median copy statistic, d1/d2 for "
+        "'ratio', of the memorized prompts' generations: copies lie below the threshold); accuracy: the digit classifier's agreement with the prompt's intended "
         f"class. Same prompts and seeds for every method; {cfg.generations} generations per prompt, "
         f"{cfg.steps} DDIM steps, guidance {cfg.guidance}. NFE/NBE: forward/backward network evaluations per "
         "generation (counted), seconds: wall time per generation.")
