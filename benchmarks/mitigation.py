@@ -164,7 +164,8 @@ def main() -> None:
             ("nfe_per_generation", "NFE/gen"), ("nbe_per_generation", "NBE/gen"),
             ("seconds_per_generation", "s/gen")]
     print(_common.markdown_table(table, cols))
-    print(json.dumps({"sail_acceptance": acceptance, "params": {k: v["params"] for k, v in summary["methods"].items()}}))
+    chosen = {k: v["params"] for k, v in summary["methods"].items()}
+    print(json.dumps({"sail_acceptance": acceptance, "params": chosen}))
     if args.json:
         _common.write_json(args.json, payload)
 

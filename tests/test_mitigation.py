@@ -130,7 +130,8 @@ def test_early_stopping_saves_cost(toy):
 def test_adam_rows_match_torch_adam():
     """Per-row Adam equals torch.optim.Adam on the summed loss (rows are independent)."""
     g = torch.Generator().manual_seed(0)
-    start, goal = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    start = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    goal = torch.randn(5, 3, generator=g, dtype=torch.float64)
     scale = torch.arange(1, 6, dtype=torch.float64)[:, None]
     ours, first, last, updates, _ = adam_minimise_rows(
         start, lambda p, idx: (scale[idx] * (p - goal[idx]) ** 2).sum(1), iters=7, lr=0.1)

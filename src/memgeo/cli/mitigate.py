@@ -33,7 +33,8 @@ def mitigate(
                                               "memorized, label, train_index, seed.")],
     method: Annotated[str, typer.Option(help="Comma-separated methods: none, sail, wen_prompt, jain_delayed, "
                                              "han_noise (the baseline 'none' always runs).")] = None,
-    params: Annotated[str, typer.Option(help='Hyper-parameters as JSON, e.g. \'{"sail": {"n_candidates": 4}}\'.')] = None,
+    params: Annotated[str, typer.Option(
+        help='Hyper-parameters as JSON, e.g. \'{"sail": {"n_candidates": 4}}\'.')] = None,
     generations: Annotated[int, typer.Option(help="Generations per prompt.")] = None,
     steps: Annotated[int, typer.Option(help="DDIM sampling steps.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight.")] = None,

@@ -90,7 +90,8 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
         try:
             train = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise MemgeoError(f"training data {path} is not a readable .npy ({exc})", "save it with numpy.save") from exc
+            raise MemgeoError(f"training data {path} is not a readable .npy ({exc})",
+                              "save it with numpy.save") from exc
         if tuple(train.shape[1:]) != tuple(model.data_shape):
             raise MemgeoError(f"training data has per-image shape {tuple(train.shape[1:])} but the model makes "
                               f"{tuple(model.data_shape)}", "pass the model's own training images")
@@ -256,7 +257,8 @@ def _report(out: Path, cfg: MitigateConfig, summary: dict, names: list[str], pro
     report.add_text(
         "Copy rate: share of generations labelled copies of a training image "
         f"(criterion {cfg.criterion}; median_statistic_memorized is the median copy statistic, d1/d2 for "
-        "'ratio', of the memorized prompts' generations: copies lie below the threshold); accuracy: the digit classifier's agreement with the prompt's intended "
+        "'ratio', of the memorized prompts' generations: copies lie below the threshold); "
+        "accuracy: the digit classifier's agreement with the prompt's intended "
         f"class. Same prompts and seeds for every method; {cfg.generations} generations per prompt, "
         f"{cfg.steps} DDIM steps, guidance {cfg.guidance}. NFE/NBE: forward/backward network evaluations per "
         "generation (counted), seconds: wall time per generation.")
