@@ -43,11 +43,11 @@ from memgeo.workflows.mitigate import MitigateConfig, run_mitigate
 # [0.15, 0.32] and the memorized prompts' in [0.32, 0.64] (see docs/mitigation.md).
 GRID: dict[str, dict[str, list[Any]]] = {
     "none": {},
-    "sail": {"n_candidates": [1, 4], "opt_steps": [10, 20], "lr": [0.05, 0.1], "lam": [0.5], "delta": [0.5],
+    "sail": {"n_candidates": [1, 4], "opt_steps": [20, 40], "lr": [0.1, 0.2], "lam": [0.5], "delta": [0.5],
              "target": [None, 0.3]},
     "wen_prompt": {"opt_steps": [10], "lr": [0.02, 0.05, 0.1], "target": [None, 0.2, 0.3]},
     "jain_delayed": {"min_step": [1, 5, 10], "max_delay": [0.4, 1.0]},
-    "han_noise": {"mode": ["per_sample"], "iters": [10, 20], "lr": [0.05, 0.1], "target": [None, 0.3]},
+    "han_noise": {"mode": ["per_sample"], "iters": [20, 40], "lr": [0.1, 0.2], "target": [None, 0.3]},
 }
 HAN_BATCH = [{"mode": "batch", "iters": 2, "rho": 0.1, "gamma": g, "delay_steps": d}
              for g in (0.1, 0.3) for d in (0, 5)]
