@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from _common import Contention, machine_facts, machine_line, markdown_table, write_json
+
 from memgeo.data.prompts import load_prompts
 from memgeo.memorization.copies import label_copies
 from memgeo.memorization.evaluation import evaluate_detector

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from memgeo.models.base import as_time, expand_like
+from memgeo.models.base import as_time
 from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
 from memgeo.models.schedule import VPSchedule
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from prompt_toys import TinyPromptNet, caption_benchmark
 
 from memgeo.errors import MemgeoError
 from memgeo.memorization.attribution import token_attribution
 from memgeo.memorization.prompt_scores import SamplingSettings, generation_noise
 from memgeo.report import Report
 from memgeo.report.prompt_html import add_token_attribution, highlighted_tokens_html
-from prompt_toys import TinyPromptNet, caption_benchmark
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -136,10 +136,11 @@ def test_detect_runs_on_a_tiny_diffusers_pipeline_folder(run_cli, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\na red car\n")
     out = tmp_path / "run"
-    code, stdout, err = run_cli("detect", "--model", str(folder), "--prompts", str(prompts), "--out", str(out),
+    code, _, err = run_cli("detect", "--model", str(folder), "--prompts", str(prompts), "--out", str(out),
                                 "--scores", "wen,jeon,asthana,hessian_diff", "--steps", "2")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert [r["score"] for r in summary["table"]][:4] == ["wen", "jeon", "asthana", "hessian_diff"]
-    assert all(np.isfinite(float(r["wen"])) for r in csv.DictReader(open(out / "scores.csv")))
+    with open(out / "scores.csv") as fh:
+        assert all(np.isfinite(float(r["wen"])) for r in csv.DictReader(fh))
     assert (out / "report.html").is_file()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from prompt_toys import TinyPromptNet, caption_benchmark
 
 from memgeo.errors import MemgeoError
 from memgeo.geometry.jacobian import ScoreJacobianOperator
+from memgeo.geometry.lid.flipd import FLIPD
 from memgeo.memorization.evaluation import auroc
 from memgeo.memorization.prompt_scores import (
     PROMPT_SCORES,
@@ -16,9 +18,7 @@ from memgeo.memorization.prompt_scores import (
     get_prompt_score,
     parse_score_names,
 )
-from memgeo.geometry.lid.flipd import FLIPD
 from memgeo.memorization.prompt_scores.sampled import generated_samples
-from prompt_toys import TinyPromptNet, caption_benchmark
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

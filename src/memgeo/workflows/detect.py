@@ -73,17 +73,23 @@ class DetectConfig(BaseModel):
 
 
 def _label_of(entry: PromptEntry, field: str) -> int:
+    """0/1 label of a prompt from its ``field`` (``memorized`` or any other 0/1/true/false field)."""
     if field == "memorized":
         value = entry.memorized
     else:
         raw = entry.extra.get(field)
-        value = None if raw is None else str(raw).strip().lower() in ("1", "true", "yes", "1.0")
-        if raw is not None and str(raw).strip().lower() not in ("0", "1", "true", "false", "yes", "no", "0.0", "1.0"):
+        text = None if raw is None else str(raw).strip().lower()
+        if text is not None and text not in _TRUE + _FALSE:
             raise MemgeoError(f"line {entry.line}: field {field!r} = {raw!r} is not 0/1", "use 0/1 or true/false")
+        value = None if text is None else text in _TRUE
     if value is None:
         raise MemgeoError(f"line {entry.line} of the prompt file has no {field!r} field",
-                          f"add it to every prompt or drop --labels-from-field")
+                          "add it to every prompt or drop --labels-from-field")
     return int(bool(value))
+
+
+_TRUE = ("1", "1.0", "true", "yes")
+_FALSE = ("0", "0.0", "false", "no")
 
 
 def _config_key(cfg: DetectConfig) -> str:
