@@ -79,6 +79,8 @@ def test_cli_other_families_and_loops(run_cli, tmp_path):
     (("--fresh-weight", "heavy", "--loop", "fresh"), "fresh-weight"),
     (("--family", "mixture", "--loop", "fresh"), "cannot"),
     (("--runs", "0",), "invalid option runs"),
+    (("--loop", "fresh", "--fresh-weight", "1.5"), "fresh weight"),
+    (("--loop", "fresh", "--fresh-n", "1"), "fresh-n 1"),
 ])
 def test_cli_bad_input_exits_2_before_writing(run_cli, tmp_path, args, message):
     out = tmp_path / "bad"

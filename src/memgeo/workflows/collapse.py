@@ -30,7 +30,7 @@ from memgeo.collapse.loops import LOOPS, History, check_loop, simulate
 from memgeo.collapse.schedules import parse_schedule
 from memgeo.collapse.theory import theory_curves
 from memgeo.errors import MemgeoError, check_choice
-from memgeo.io import atomic_write_text, write_csv, write_json
+from memgeo.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
 from memgeo.report import Report
 from memgeo.report.collapse_plots import fan_chart, lines_plot, metric_panels
 from memgeo.workflows.common import figure_to_report, say, start_run
@@ -78,6 +78,8 @@ class CollapseConfig(BaseModel):
         check_choice(self.loop, LOOPS, "loop")
         if not self.schedule:
             raise MemgeoError("no schedule given", "pass e.g. --schedule constant or constant,power:2")
+        if self.fresh_weight != "optimal" and not 0 < self.fresh_weight <= 1:
+            raise MemgeoError(f"fresh weight {self.fresh_weight} is outside (0, 1]", "e.g. --fresh-weight 0.618")
         if self.family != "gaussian" and (self.estimator != "mle" or self.mean_only):
             raise MemgeoError(f"--estimator/--mean-only apply to the gaussian family, not {self.family}",
                               "drop them or use --family gaussian")
@@ -169,7 +171,9 @@ def _write_runs(out: Path, hists: dict[str, History]) -> list[str]:
         table["generation"] += gen.tolist()
         for i, k in enumerate(names):
             table[k] += cols[:, i].tolist()
-    pq.write_table(pa.table(table), out / "runs.parquet")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(table), sink)
+    atomic_write_bytes(out / "runs.parquet", sink.getvalue().to_pybytes())
     return [*written, "runs.parquet"]
 
 
@@ -183,6 +187,9 @@ def run_collapse(cfg: CollapseConfig, out: str | Path) -> dict[str, Any]:
         sizes = s.sizes(cfg.generations, minimum=family.min_samples)
         if hasattr(family, "check_sizes"):
             family.check_sizes(sizes)
+    if cfg.loop == "fresh" and cfg.fresh_n is not None and cfg.fresh_n < family.min_samples:
+        raise MemgeoError(f"--fresh-n {cfg.fresh_n} is below the {family.min_samples} samples a fit needs",
+                          "raise --fresh-n")
     if len({s.name for s in schedules}) != len(schedules):
         raise MemgeoError(f"schedule list {list(cfg.schedule)} repeats a schedule", "list each once")
     out = start_run(out, cfg, cfg.seed)
