@@ -114,3 +114,25 @@ def test_cli_analytic_config_file_with_override(run_cli, tmp_path):
     assert saved["runs"] == 40 and saved["estimator"] == "unbiased" and saved["schedule"] == ["constant", "power:2"]
     code, _, err = run_cli("collapse", "--config", tmp_path / "missing.json", "--out", tmp_path / "o2")
     assert code == 2 and "does not exist" in err
+
+
+def test_collapse_plots_handle_collapsed_runs_and_bad_shapes():
+    from memgeo.report.collapse_plots import fan_chart, lines_plot, metric_panels, point_clouds
+
+    gens = np.arange(4)
+    vals = np.array([[0.0, 0.0, 0.0], [-1.0, -0.5, -np.inf], [-2.0, -1.0, -np.inf], [-3.0, np.nan, -np.inf]])
+    fig = fan_chart(gens, vals, theory_mean=-gens * 1.0, theory_sd=np.sqrt(gens))
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "theory mean" in labels and "median" in labels
+    median = [line for line in ax.get_lines() if line.get_label() == "median"][0].get_ydata()
+    np.testing.assert_allclose(median, [0.0, -1.0, -2.0, np.nan])  # -inf runs pull the median, not the mean
+    with pytest.raises(MemgeoError, match="rows"):
+        fan_chart(gens, vals[:3])
+    with pytest.raises(MemgeoError, match="generations"):
+        lines_plot(gens, {"a": np.zeros(3)})
+    fig = lines_plot(gens[1:], {"a": np.array([1.0, 2.0, 4.0])}, logx=True, logy=True)
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+    assert len(metric_panels(gens, {"m1": {"a": np.zeros(4)}, "m2": {"a": np.ones(4)}}).axes) == 2
+    with pytest.raises(MemgeoError, match="2-D points"):
+        point_clouds([np.zeros((5, 3))])

@@ -35,7 +35,8 @@ def fan_chart(generations: np.ndarray, values: np.ndarray, *, theory_mean: np.nd
         raise MemgeoError(f"values has {vals.shape[0]} rows for {gen.shape[0]} generations", "pass (T+1, R)")
     fig = ax.figure if ax is not None else _new_figure(6.4, 4.0)
     ax = ax if ax is not None else fig.add_subplot()
-    q = np.nanquantile(np.where(np.isnan(vals), -np.inf, vals), [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)
+    with np.errstate(invalid="ignore"):  # quantiles between two -inf runs are -inf, not an error
+        q = np.nanquantile(np.where(np.isnan(vals), -np.inf, vals), [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)
     q = np.where(np.isfinite(q), q, np.nan)
     ax.fill_between(gen, q[0], q[4], color="tab:blue", alpha=0.15, lw=0, label="5-95 % of runs")
     ax.fill_between(gen, q[1], q[3], color="tab:blue", alpha=0.3, lw=0, label="25-75 %")
