@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--hidden", type=int, default=d.hidden)
     p.add_argument("--depth", type=int, default=d.depth)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--guidance", type=float, default=d.guidance)
     p.add_argument("--sample-steps", type=int, default=d.sample_steps)
     p.add_argument("--generations", type=int, default=d.generations)
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = start_run(args)
     cfg = CaptionBenchConfig(n_memorized=args.memorized, copies=args.copies, mnist=args.mnist,
                              max_images=args.max_images, hidden=args.hidden, depth=args.depth, steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr,
                              guidance=args.guidance, sample_steps=args.sample_steps, generations=args.generations,
                              seed=args.seed)
     summary = run_caption_bench(cfg, args.out, progress=not args.no_progress)

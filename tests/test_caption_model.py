@@ -72,6 +72,18 @@ def test_encode_shapes_null_and_padding(model):
     assert not torch.allclose(cond[0], cond[1])
 
 
+def test_null_embedding_cache_follows_the_weights():
+    frozen = CaptionDiffusionModel(tiny_config()).eval().requires_grad_(False)
+    first = frozen.null_embedding()
+    assert frozen.null_embedding() is first  # cached for frozen weights
+    with torch.no_grad():
+        frozen.tok_emb.weight.mul_(2.0)
+    assert torch.allclose(frozen.null_embedding(), frozen.encode([""]))
+    assert not torch.allclose(frozen.null_embedding(), first)
+    trainable = CaptionDiffusionModel(tiny_config())
+    assert trainable.null_embedding().requires_grad  # while training, gradients reach the empty prompt
+
+
 def test_eps_none_is_empty_prompt_and_rows_independent(model):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 1, 4, 4, generator=g)

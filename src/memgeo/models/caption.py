@@ -158,7 +158,26 @@ class CaptionDiffusionModel(PromptDiffusionModel):
         return self.enc_norm(h) * mask[..., None].to(h.dtype)
 
     def null_embedding(self) -> torch.Tensor:
-        return self.encode([""])
+        # Frozen weights (a loaded model): the empty prompt's encoding is a constant, computed once
+        # per version of the parameters. While training, it is recomputed so gradients reach it.
+        params = list(self.parameters())
+        if any(p.requires_grad for p in params):
+            return self.encode([""])
+        key = tuple(p._version for p in params) + (params[0].device, params[0].dtype)
+        if getattr(self, "_null_key", None) != key:
+            with torch.no_grad():
+                self._null_cache = self.encode([""])
+            self._null_key = key
+        return self._null_cache
+
+    def check_cond(self, cond: torch.Tensor, batch: int) -> None:
+        # Same check as the base class, from the config instead of an encoder pass.
+        want = (batch, self.config.max_length, self.config.embed_dim)
+        if tuple(cond.shape) != want:
+            raise MemgeoError(f"prompt condition has shape {tuple(cond.shape)}, expected {want}",
+                              "encode the prompts with model.encode(prompts)")
+        if not torch.isfinite(cond).all():
+            raise MemgeoError("prompt condition contains NaN or inf", "check the prompt embeddings")
 
     # --- denoiser -------------------------------------------------------------------------------
     def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
