@@ -150,3 +150,18 @@ def test_edited_prompt_file_is_detected_on_resume(assets, tmp_path):
     prompts.write_text("a digit three\na digit seven\n")
     with pytest.raises(wf.MemgeoError, match="edited prompt file"):
         wf.run_mitigate(cfg, tmp_path / "run", progress=False)
+
+
+def test_latent_pipeline_folder_is_decoded(tmp_path, run_cli):
+    """A tiny diffusers latent pipeline: methods run in latent space, records hold decoded images."""
+    from memgeo.models.pipeline import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "pipe", latent=True)
+    (tmp_path / "p.txt").write_text("a photo of a cat\na red dog on the mat\n")
+    code, stdout, err = run_cli("mitigate", "--model", folder, "--prompts", tmp_path / "p.txt", "--method",
+                                "sail,wen_prompt", "--params", '{"sail": {"opt_steps": 1}, "wen_prompt": {"opt_steps": 1}}',
+                                "--generations", "1", "--steps", "2", "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    x = np.load(tmp_path / "run" / "records" / "sail" / "00001.npy")
+    assert x.shape == (1, 1, 16, 16) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
+    assert [r["method"] for r in json.loads(stdout)] == ["none", "sail", "wen_prompt"]

@@ -4,7 +4,7 @@ Output folder::
 
     config.json, provenance.json   resolved settings (a rerun with other settings is refused)
     records/<method>/NNNNN.json    one finished prompt: seeds, cost, seconds, diagnostics (written last)
-    records/<method>/NNNNN.npy     its generations, (G, *data_shape)
+    records/<method>/NNNNN.npy     its generations as images, (G, C, H, W) (latents are decoded)
     generations.csv                one row per generation: copy label, nearest training image, class
     results.json, results.csv      one row per method: copy rates, accuracy, cost (and the baseline deltas)
     report.html                    the table, the trade-off plot and method-by-prompt grids
@@ -75,6 +75,19 @@ def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:
     return {name: get_mitigation(name, **cfg.params.get(name, {})) for name in names}
 
 
+def is_latent(model: PromptDiffusionModel) -> bool:
+    """Whether the model samples VAE latents (a diffusers latent pipeline) that must be decoded to images."""
+    return getattr(model, "vae", None) is not None and hasattr(model, "decode")
+
+
+def image_shape(model: PromptDiffusionModel) -> tuple[int, ...]:
+    """Per-sample shape of the generated images (decoded when the model works in a latent space)."""
+    if not is_latent(model):
+        return tuple(model.data_shape)
+    with torch.no_grad():
+        return tuple(model.decode(torch.zeros(1, *model.data_shape)).shape[1:])
+
+
 def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[PromptEntry], np.ndarray | None, Any]:
     if cfg.criterion not in COPY_CRITERIA:
         raise MemgeoError(f"unknown copy criterion {cfg.criterion!r}", f"choose from: {', '.join(COPY_CRITERIA)}")
@@ -92,9 +105,9 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
         except (ValueError, OSError) as exc:
             raise MemgeoError(f"training data {path} is not a readable .npy ({exc})",
                               "save it with numpy.save") from exc
-        if tuple(train.shape[1:]) != tuple(model.data_shape):
+        if tuple(train.shape[1:]) != image_shape(model):
             raise MemgeoError(f"training data has per-image shape {tuple(train.shape[1:])} but the model makes "
-                              f"{tuple(model.data_shape)}", "pass the model's own training images")
+                              f"{image_shape(model)}", "pass the model's own training images")
     classifier = None
     if cfg.classifier is not None:
         from memgeo.models.classifier import load_classifier
@@ -133,15 +146,23 @@ def _generate_prompt(method: Mitigation, model: PromptDiffusionModel, cfg: Mitig
     with torch.no_grad():
         cond = model.encode([entry.prompt]).expand(cfg.generations, -1, -1).clone()
     clip = None if cfg.clip is None else (-cfg.clip, cfg.clip)
+    latent = is_latent(model)
     t0 = time.perf_counter()
+    # Latents have no fixed range: clamp the decoded images instead of the x0 predictions.
     res = method.generate(model, cond, noise.to(cond.dtype), steps=cfg.steps, guidance=cfg.guidance,
-                          generator=torch.Generator().manual_seed(base + 2 ** 31), clip=clip)
+                          generator=torch.Generator().manual_seed(base + 2 ** 31), clip=None if latent else clip)
+    images = res.samples.detach()
+    if latent:
+        with torch.no_grad():
+            images = model.decode(images)
+        if clip is not None:
+            images = images.clamp(*clip)
     seconds = time.perf_counter() - t0
     record = {"index": index, "prompt": entry.prompt, "memorized": entry.memorized, "label": entry.label,
               "train_index": entry.extra.get("train_index"), "seeds": seeds, "nfe": res.nfe.tolist(),
               "nbe": res.nbe.tolist(), "seconds": seconds,
               "diagnostics": {k: np.asarray(v, dtype=float).tolist() for k, v in res.diagnostics.items()}}
-    return res.samples.detach().cpu().float().numpy(), record
+    return images.cpu().float().numpy(), record
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
