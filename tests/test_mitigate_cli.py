@@ -158,9 +158,10 @@ def test_latent_pipeline_folder_is_decoded(tmp_path, run_cli):
 
     folder = build_tiny_pipeline(tmp_path / "pipe", latent=True)
     (tmp_path / "p.txt").write_text("a photo of a cat\na red dog on the mat\n")
+    params = '{"sail": {"opt_steps": 1}, "wen_prompt": {"opt_steps": 1}}'
     code, stdout, err = run_cli("mitigate", "--model", folder, "--prompts", tmp_path / "p.txt", "--method",
-                                "sail,wen_prompt", "--params", '{"sail": {"opt_steps": 1}, "wen_prompt": {"opt_steps": 1}}',
-                                "--generations", "1", "--steps", "2", "--no-progress", "--out", tmp_path / "run")
+                                "sail,wen_prompt", "--params", params, "--generations", "1", "--steps", "2",
+                                "--no-progress", "--out", tmp_path / "run")
     assert code == 0, err
     x = np.load(tmp_path / "run" / "records" / "sail" / "00001.npy")
     assert x.shape == (1, 1, 16, 16) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
