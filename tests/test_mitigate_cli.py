@@ -166,3 +166,17 @@ def test_latent_pipeline_folder_is_decoded(tmp_path, run_cli):
     x = np.load(tmp_path / "run" / "records" / "sail" / "00001.npy")
     assert x.shape == (1, 1, 16, 16) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
     assert [r["method"] for r in json.loads(stdout)] == ["none", "sail", "wen_prompt"]
+
+
+def test_plots_one_entry_per_method():
+    from memgeo.errors import MemgeoError
+    from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
+
+    fig = tradeoff_plot(["none", "sail", "x"], np.array([0.9, 0.3, np.nan]), np.array([1.0, 0.98, 0.5]),
+                        np.array([102, 150, 100]))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["none (102 NFE)", "sail (150 NFE)"]  # NaN rows are left out
+    grid = method_grid(np.zeros((2, 3, 1, 4, 4)), ["none", "sail"], np.array([[1, 0, 0], [0, 0, 1]], bool))
+    assert len(grid.axes) == 6 and grid.axes[3].get_title() == "sail"
+    with pytest.raises(MemgeoError):
+        method_grid(np.zeros((2, 3, 1, 4, 4)), ["none"])

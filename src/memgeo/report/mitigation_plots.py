@@ -35,14 +35,16 @@ def tradeoff_plot(names: Sequence[str], copy_rate: np.ndarray, accuracy: np.ndar
     for i, name in enumerate(names):
         if not (np.isfinite(cr[i]) and np.isfinite(acc[i])):
             continue
-        ax.scatter([cr[i]], [acc[i]], s=40)
         label = name if cost is None else f"{name} ({float(cost[i]):.0f} NFE)"
-        ax.annotate(label, (cr[i], acc[i]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # A legend rather than annotations: methods often land on top of each other.
+        ax.scatter([cr[i]], [acc[i]], s=40, label=label, marker="osD^vP*X"[i % 8])
     ax.set_xlabel("copy rate on memorized prompts (lower is better)")
     ax.set_ylabel("classifier accuracy on the intended class")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
+    if ax.collections:
+        ax.legend(fontsize=8, loc="lower left")
     if title:
         ax.set_title(title)
     return fig
