@@ -69,12 +69,16 @@ def evaluate_setting(name: str, params: dict, model, cond, labels, memorized, tr
     x = res.samples.detach()
     copy = label_copies(x, train).is_copy
     correct = classifier.predict(x).numpy() == labels
+    # ||z|| / sqrt(D) of the noise actually used: a N(0, I) draw has 1 +- 1/sqrt(2 D).
+    ratio = (res.noise.flatten(1).norm(dim=1) / res.noise[0].numel() ** 0.5).numpy()
     return {"method": name, "params": params, "copy_rate_memorized": float(copy[memorized].mean()),
             "copy_rate_generic": float(copy[~memorized].mean()), "accuracy_all": float(correct.mean()),
+            "noise_norm_ratio_memorized": float(ratio[memorized].mean()),
             "nfe_per_generation": float(res.nfe.mean()), "seconds_per_generation": seconds / len(seeds)}
 
 
-def tune(args, bench: Path) -> tuple[dict[str, dict], list[dict]]:
+def tuning_setup(args, bench: Path):
+    """Model, conditions, labels, memorized flags, training images, classifier and seeds of the tuning seeds."""
     model = load_prompt_model(bench / "model")
     prompts = load_prompts(bench / "prompts_all.jsonl")
     g = args.tune_generations
@@ -85,6 +89,11 @@ def tune(args, bench: Path) -> tuple[dict[str, dict], list[dict]]:
     seeds = [args.tune_seed + i for i in range(len(prompts) * g)]
     train = np.load(bench / "train_x.npy")
     classifier = load_classifier(bench / "classifier")
+    return model, cond, labels, memorized, train, classifier, seeds
+
+
+def tune(args, bench: Path) -> tuple[dict[str, dict], list[dict]]:
+    model, cond, labels, memorized, train, classifier, seeds = tuning_setup(args, bench)
     rows = []
     for name in args.methods:
         for params in settings(name):
@@ -118,6 +127,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the bench folder's READY file")
+    ap.add_argument("--lam-sweep", type=float, nargs="*", default=[],
+                    help="also run SAIL with its chosen settings but these regulariser weights lam (tuning seeds)")
     args = ap.parse_args()
     machine = _common.start_run(args)
     bench = Path(args.bench)
@@ -139,6 +150,12 @@ def main() -> None:
                          methods=tuple(args.methods), params={k: v for k, v in params.items() if v},
                          generations=args.generations, steps=args.steps, guidance=args.guidance,
                          train_data=str(bench / "train_x.npy"), classifier=str(bench / "classifier"), seed=args.seed)
+    lam_rows = []
+    if args.lam_sweep and "sail" in args.methods:
+        setup = tuning_setup(args, bench)
+        for lam in args.lam_sweep:
+            lam_rows.append(evaluate_setting("sail", {**params.get("sail", {}), "lam": lam}, *setup, args))
+            print(json.dumps(lam_rows[-1]), file=sys.stderr, flush=True)
     t1 = time.perf_counter()
     summary = run_mitigate(cfg, args.out, progress=False)
     table = summary["table"]
@@ -155,7 +172,7 @@ def main() -> None:
                             "tune_generations": args.tune_generations if args.tune else None,
                             "max_drop": args.max_drop if args.tune else None},
                "params": summary["methods"], "table": table, "sail_acceptance": acceptance,
-               "copy_criterion": summary["copy_criterion"], "tuning": tuning_rows,
+               "copy_criterion": summary["copy_criterion"], "tuning": tuning_rows, "sail_lam_sweep": lam_rows,
                "seconds": {"tuning": tune_seconds, "evaluation": time.perf_counter() - t1}}
     cols = [("method", "method"), ("copy_rate_memorized", "copy rate (memorized)"),
             ("copy_reduction_memorized", "reduction"), ("accuracy_all", "accuracy (all)"),
