@@ -243,7 +243,7 @@ def _build_report(report: Report, out: Path, cfg: CollapseConfig, hists: dict[st
         f"follow the **{cfg.loop}** loop. Fan charts show the median and the 50 % / 90 % bands over runs; the "
         "dashed red line is the exact theory where one exists (see docs/collapse.md).", heading="Setup")
     report.add_json(cfg, heading="Config")
-    main = "gini_simpson" if cfg.family == "categorical" else "log_var"
+    main = "gini_simpson" if cfg.family == "categorical" else "mean_sq_dist" if cfg.mean_only else "log_var"
     for name, h in hists.items():
         th = theories[name].get(main)
         fig = fan_chart(h.generations, h.metrics[main], theory_mean=None if th is None else th[0],
