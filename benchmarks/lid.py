@@ -13,7 +13,7 @@ sequence of ``--only`` runs builds one JSON.
 Per set: the data (true LID per point) are generated with ``--n-per`` points per component plus
 ``--n-eval`` extra points drawn with them; ``--n-eval`` random rows are held out as query points
 and the rest is the training set. An unconditional ``MLPEps`` (hidden = next power of two >=
-max(D, 128), depth 3) is trained with ``memgeo.models.train`` (EMA weights are used). Estimators on
+max(D, 128) unless ``--hidden``, depth 3, ``--prediction eps|x0``) is trained with ``memgeo.models.train`` (EMA weights are used). Estimators on
 the held-out points:
 
 * FLIPD, exact trace (dense score Jacobian), at the fixed ``--t0`` and at ``t0="auto"`` (the
@@ -21,7 +21,8 @@ the held-out points:
   per component;
 * FLIPD, Hutchinson (``--probes`` Rademacher probes) at the t0 that "auto" chose;
 * FPRegress (default window 0.005-0.1, 8 scales, exact trace);
-* NormalBundle (K = 4D noised copies at t0 = 0.01), only where D <= 100;
+* NormalBundle (K = 4D noised copies at t0 = 0.01) with the threshold and the largest-gap rule,
+  only where D <= 100;
 * CFDM on the training set (t0 = 0.05), and the model-free LocalPCA / MLE / TwoNN
   (scikit-dimension, default k) on the training set through one shared KNNIndex, with the held-out
   points as out-of-sample queries.
@@ -121,8 +122,8 @@ def run_set(key: str, args: argparse.Namespace) -> dict[str, Any]:
     ev, tr = perm[:args.n_eval], perm[args.n_eval:]
     x_tr, x_ev, lid_ev, comp_ev = x_all[tr], x_all[ev], lid_all[ev], comp_all[ev]
     n, d = x_tr.shape
-    hidden = max(128, 1 << (max(d, 128) - 1).bit_length())
-    mcfg = MLPConfig(data_shape=(d,), hidden=hidden, depth=3, prediction=args.prediction)
+    hidden = args.hidden or max(128, 1 << (max(d, 128) - 1).bit_length())
+    mcfg = MLPConfig(data_shape=(d,), hidden=hidden, depth=args.depth, prediction=args.prediction)
     steps = args.steps if args.steps else (args.steps_d100 if d >= 100 else args.steps_small)
     tcfg = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=steps,
                        log_every=max(1, steps // 10))
@@ -178,10 +179,12 @@ def run_set(key: str, args: argparse.Namespace) -> dict[str, Any]:
     rows.append(summarize("FPRegress (0.005-0.1, 8 scales)", est, lid_ev, comp_ev, secs, m, fwd, pr, calls))
     # Normal bundle
     if d <= 100:
-        nb = NormalBundle(t0=0.01, seed=args.seed)
-        est, secs, calls = timed(lambda: nb.estimate(model, x_ev))
-        fwd, pr = per_point_cost("normal_bundle", d, 1, args.probes)
-        rows.append(summarize("NormalBundle (K=4D, t0=0.01)", est, lid_ev, comp_ev, secs, m, fwd, pr, calls))
+        for rule in ("threshold", "gap"):
+            nb = NormalBundle(t0=0.01, rule=rule, seed=args.seed)
+            est, secs, calls = timed(lambda: nb.estimate(model, x_ev))
+            fwd, pr = per_point_cost("normal_bundle", d, 1, args.probes)
+            rows.append(summarize(f"NormalBundle {rule} (K=4D, t0=0.01)", est, lid_ev, comp_ev, secs, m, fwd, pr,
+                                  calls))
     # data-based
     t = time.perf_counter()
     cf = CFDM(t0=0.05).fit(x_tr)
@@ -207,7 +210,8 @@ def run_set(key: str, args: argparse.Namespace) -> dict[str, Any]:
 def print_set(r: dict[str, Any]) -> None:
     comps = sorted(r["true_lid_by_component"])
     print(f"\n### {r['set']}: true LID {[r['true_lid_by_component'][c] for c in comps]} in R^{r['ambient']}\n")
-    print(f"N_train={r['n_train']}, {r['n_eval']} held-out queries; MLP hidden {r['hidden']}, depth 3, "
+    print(f"N_train={r['n_train']}, {r['n_eval']} held-out queries; MLP hidden {r['hidden']}, depth "
+          f"{r['args']['depth']}, prediction {r['args']['prediction']}, "
           f"{r['train_steps']} steps, batch {r['batch']}, lr {r['lr']}, trained in {r['train_seconds']:.0f} s "
           f"(final loss {fmt(r['final_loss'])}).\n")
     rows = []
@@ -238,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-small", type=int, default=5000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=0, help="MLP width (0: next power of two >= max(D, 128))")
+    p.add_argument("--depth", type=int, default=3, help="residual blocks of the MLP")
     p.add_argument("--prediction", choices=["eps", "x0"], default="eps", help="network output parametrisation")
     p.add_argument("--t0", type=float, default=0.05, help="fixed t0 of FLIPD")
     p.add_argument("--probes", type=int, default=8)
