@@ -179,3 +179,15 @@ def test_point_conditions_validates_labels(tmp_path):
         point_conditions(model, 4, labels=str(tmp_path / "bad.npy"))
     with pytest.raises(MemgeoError, match="at most one"):
         point_conditions(model, 4, cond=1, labels=str(tmp_path / "ok.npy"))
+
+
+def test_train_with_clean_data_prediction(run_cli, tmp_path):
+    from memgeo.models import load_model
+
+    out = tmp_path / "x0"
+    code, _, err = run_cli("train", "--data", "toy2d", "--no-conditional", "--hidden", "16", "--depth", "1",
+                           "--prediction", "x0", "--steps", "5", "--out", out)
+    assert code == 0, err
+    assert load_model(out).config.prediction == "x0"
+    code, _, err = run_cli("train", "--data", "toy2d", "--prediction", "v", "--out", tmp_path / "bad")
+    assert code == 2 and "prediction" in err and not (tmp_path / "bad").exists()

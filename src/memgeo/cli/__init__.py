@@ -82,6 +82,8 @@ def train_cmd(
     conditional: Annotated[bool, typer.Option(help="Class-conditional (needs labels).")] = None,
     hidden: Annotated[int, typer.Option(help="MLP width.")] = None,
     depth: Annotated[int, typer.Option(help="MLP residual blocks.")] = None,
+    prediction: Annotated[str, typer.Option(help="Network output: eps (noise) or x0 (clean data; better "
+                                                 "Jacobians off the data manifold, see docs/design.md).")] = None,
     memorize_class: Annotated[int, typer.Option(help="Replace this class by copies of one image.")] = None,
     copies: Annotated[int, typer.Option(help="Copies put in for --memorize-class.")] = None,
     fraction: Annotated[float, typer.Option(help="Share of the class replaced.")] = None,
@@ -98,7 +100,7 @@ def train_cmd(
 
     cfg = _load_config(config, TrainRunConfig, {
         "data": data, "arch": arch, "conditional": conditional, "hidden": hidden, "depth": depth,
-        "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
+        "prediction": prediction, "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
         "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
         "train.seed": seed})
     typer.echo(json.dumps(run_train(cfg, out)))

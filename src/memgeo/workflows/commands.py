@@ -37,6 +37,7 @@ class TrainRunConfig(BaseModel):
     conditional: bool = True
     hidden: int = Field(256, ge=8)
     depth: int = Field(3, ge=1)
+    prediction: Literal["eps", "x0"] = "eps"
     unet_channels: tuple[int, ...] = (32, 64, 64)
     memorize_class: int | None = None
     copies: int | None = Field(None, ge=1)
@@ -55,11 +56,13 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
         raise MemgeoError(f"data {cfg.data!r} has no labels for a conditional model", "pass --unconditional")
     n_classes = int(ds.y.max()) + 1 if cfg.conditional else None
     if cfg.arch == "mlp":
-        model_cfg = MLPConfig(data_shape=ds.data_shape, hidden=cfg.hidden, depth=cfg.depth, num_classes=n_classes)
+        model_cfg = MLPConfig(data_shape=ds.data_shape, hidden=cfg.hidden, depth=cfg.depth, num_classes=n_classes,
+                                prediction=cfg.prediction)
     else:
         if len(ds.data_shape) != 3:
             raise MemgeoError(f"the UNet needs images (C, H, W), data has shape {ds.data_shape}", "use --arch mlp")
-        model_cfg = UNetConfig(data_shape=ds.data_shape, channels=cfg.unet_channels, num_classes=n_classes)
+        model_cfg = UNetConfig(data_shape=ds.data_shape, channels=cfg.unet_channels, num_classes=n_classes,
+                               prediction=cfg.prediction)
     out = start_run(out, cfg, cfg.train.seed, data_rows=ds.n)
     say(f"training {cfg.arch} on {cfg.data} ({ds.n} rows, shape {ds.data_shape}) for {cfg.train.steps} steps -> {out}")
     res = train(model_cfg, cfg.train, ds.x, ds.y if cfg.conditional else None, out)
