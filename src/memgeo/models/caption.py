@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from memgeo.errors import MemgeoError, check_finite
@@ -31,7 +31,8 @@ from memgeo.io import atomic_write_text
 from memgeo.models.base import DiffusionModel, as_time
 from memgeo.models.checkpoint import (
     MODEL_FILE,
-    load_tensors,
+    load_configured_module,
+    pydantic_config_parser,
     read_metadata,
     save_tensors,
 )
@@ -213,24 +214,11 @@ def is_caption_checkpoint(folder: str | Path) -> bool:
 
 def load_caption_model(folder: str | Path, device: str | torch.device = "cpu") -> CaptionDiffusionModel:
     """Load a caption model checkpoint (EMA weights) in eval mode without parameter gradients."""
-    path = Path(folder)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    meta = read_metadata(path)
-    if CONFIG_KEY not in meta:
-        raise MemgeoError(f"{path} is not a caption-model checkpoint", "train one with train_caption_model")
-    try:
-        config = CaptionModelConfig.model_validate_json(meta[CONFIG_KEY])
-    except ValidationError as exc:
-        raise MemgeoError(f"caption model config in {path} is invalid ({str(exc).splitlines()[0]})",
-                          "re-train or restore the checkpoint") from exc
-    model = CaptionDiffusionModel(config)
-    try:
-        model.load_state_dict(load_tensors(path), strict=True)
-    except RuntimeError as exc:
-        raise MemgeoError(f"weights in {path} do not match its config ({str(exc).splitlines()[0]})",
-                          "re-train; the file was altered") from exc
-    return model.to(device).eval().requires_grad_(False)
+    model = load_configured_module(folder, MODEL_FILE, CONFIG_KEY,
+                                   pydantic_config_parser(CaptionModelConfig, "caption model"),
+                                   CaptionDiffusionModel,
+                                   ("is not a caption-model checkpoint", "train one with train_caption_model"))
+    return model.to(device)
 
 
 # --- training -----------------------------------------------------------------------------------

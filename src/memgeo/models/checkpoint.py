@@ -10,11 +10,12 @@ Both are written atomically, so an interrupted run leaves the previous complete 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
@@ -76,6 +77,45 @@ def save_model(model: DiffusionModel, folder: str | Path, extra_metadata: dict[s
     return path
 
 
+def load_configured_module(folder: str | Path, file_name: str, config_key: str,
+                           parse_config: Callable[[str, str], Any], build: Callable[[Any], torch.nn.Module],
+                           missing: tuple[str, str]) -> torch.nn.Module:
+    """Load any module saved as weights + JSON config under ``config_key`` in the safetensors metadata.
+
+    Shared by diffusion models, caption models and classifiers: ``parse_config(text, source)`` turns
+    the JSON into a config (raising :class:`MemgeoError`), ``build(config)`` makes the module, and
+    ``missing`` is the (problem, fix) pair reported when the file has no such config. The module is
+    returned in eval mode without parameter gradients.
+    """
+    path = Path(folder)
+    if path.is_dir():
+        path = path / file_name
+    meta = read_metadata(path)
+    if config_key not in meta:
+        raise MemgeoError(f"{path} {missing[0]}", missing[1])
+    module = build(parse_config(meta[config_key], str(path)))
+    tensors = load_tensors(path)
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise MemgeoError(f"weights in {path} do not match its config ({first})", "re-train; the file was altered") from exc
+    # Inference only: without requires_grad the geometry's torch.func transforms do not also
+    # record a graph over the parameters (about 3x faster and lighter, see docs/benchmarks.md).
+    return module.eval().requires_grad_(False)
+
+
+def pydantic_config_parser(cls: type[BaseModel], what: str) -> Callable[[str, str], Any]:
+    """A ``parse_config`` for :func:`load_configured_module` validating JSON text into ``cls``."""
+    def parse(text: str, source: str) -> Any:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            first = str(exc).splitlines()[0]
+            raise MemgeoError(f"{what} config in {source} is invalid ({first})", "re-train or restore the checkpoint") from exc
+    return parse
+
+
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a trained model from a checkpoint folder (or a ``model.safetensors`` path).
 
@@ -84,20 +124,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Diffus
     MemgeoError
         If the file is missing or corrupt, or its weights do not match its config.
     """
-    path = Path(folder)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    meta = read_metadata(path)
-    if "model_config" not in meta:
-        raise MemgeoError(f"{path} has no memgeo model config in its metadata", "is it a memgeo checkpoint?")
-    config = parse_model_config(meta["model_config"], str(path))
-    model = build_model(config)
-    tensors = load_tensors(path)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise MemgeoError(f"weights in {path} do not match its config ({first})", "re-train; the file was altered") from exc
-    # Inference only: without requires_grad the geometry's torch.func transforms do not also
-    # record a graph over the parameters (about 3x faster and lighter, see docs/benchmarks.md).
-    return model.to(device).eval().requires_grad_(False)
+    model = load_configured_module(folder, MODEL_FILE, "model_config", parse_model_config, build_model,
+                                   ("has no memgeo model config in its metadata", "is it a memgeo checkpoint?"))
+    return model.to(device)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from memgeo.errors import MemgeoError, check_finite
-from memgeo.models.checkpoint import load_tensors, read_metadata, save_tensors
+from memgeo.models.checkpoint import load_configured_module, pydantic_config_parser, save_tensors
 
 CLASSIFIER_FILE = "classifier.safetensors"
 CONFIG_KEY = "classifier_config"
@@ -144,23 +144,9 @@ def save_classifier(model: DigitClassifier, folder: str | Path, extra_metadata: 
 
 def load_classifier(folder: str | Path) -> DigitClassifier:
     """Load a classifier saved by :func:`save_classifier` (eval mode, no parameter gradients)."""
-    path = Path(folder)
-    if path.is_dir():
-        path = path / CLASSIFIER_FILE
-    meta = read_metadata(path)
-    if CONFIG_KEY not in meta:
-        raise MemgeoError(f"{path} is not a memgeo classifier", "train one with train_classifier")
-    try:
-        config = ClassifierConfig.model_validate_json(meta[CONFIG_KEY])
-    except ValidationError as exc:
-        raise MemgeoError(f"classifier config in {path} is invalid ({str(exc).splitlines()[0]})",
-                          "re-train the classifier") from exc
-    model = DigitClassifier(config)
-    try:
-        model.load_state_dict(load_tensors(path), strict=True)
-    except RuntimeError as exc:
-        raise MemgeoError(f"weights in {path} do not match its config", "re-train the classifier") from exc
-    return model.eval().requires_grad_(False)
+    return load_configured_module(folder, CLASSIFIER_FILE, CONFIG_KEY,
+                                  pydantic_config_parser(ClassifierConfig, "classifier"), DigitClassifier,
+                                  ("is not a memgeo classifier", "train one with train_classifier"))
 
 
 __all__ = ["ClassifierConfig", "ClassifierResult", "DigitClassifier", "load_classifier", "save_classifier",
