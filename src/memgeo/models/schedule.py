@@ -17,7 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from memgeo.errors import MemgeoError
 
 
-class VPSchedule(BaseModel):
+class _FromLogAlphaBar:
+    """alpha_bar, psi and sigma of any schedule that defines ``log_alpha_bar(t)``."""
+
+    def log_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal power alpha_bar(t) in (0, 1], same shape as ``t``."""
+        return torch.exp(self.log_alpha_bar(t))
+
+    def sqrt_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal scale psi(t) = sqrt(alpha_bar(t))."""
+        return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Noise scale sigma(t) = sqrt(1 - alpha_bar(t)); ``-expm1`` keeps precision at small t."""
+        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+
+
+class VPSchedule(_FromLogAlphaBar, BaseModel):
     """Linear-beta VP schedule.
 
     Parameters
@@ -42,18 +61,6 @@ class VPSchedule(BaseModel):
         """log alpha_bar(t), same shape as ``t``."""
         t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not isinstance(t, torch.Tensor) else t
         return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
-
-    def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Signal power alpha_bar(t) in (0, 1], same shape as ``t``."""
-        return torch.exp(self.log_alpha_bar(t))
-
-    def sqrt_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Signal scale psi(t) = sqrt(alpha_bar(t))."""
-        return torch.exp(0.5 * self.log_alpha_bar(t))
-
-    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Noise scale sigma(t) = sqrt(1 - alpha_bar(t)); ``-expm1`` keeps precision at small t."""
-        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
 
     def beta(self, t: torch.Tensor | float) -> torch.Tensor:
         """Instantaneous beta(t)."""
@@ -102,7 +109,7 @@ class VPSchedule(BaseModel):
         return (torch.as_tensor(k, dtype=torch.get_default_dtype()) + 1.0) / num_train_timesteps
 
 
-class DiscreteSchedule(BaseModel):
+class DiscreteSchedule(_FromLogAlphaBar, BaseModel):
     """A discrete diffusers schedule (``alphas_cumprod`` of T training steps) in memgeo's continuous time.
 
     Step k in 0..T-1 sits at t = (k + 1) / T (as for :meth:`VPSchedule.t_from_timestep`); between
@@ -152,15 +159,6 @@ class DiscreteSchedule(BaseModel):
         k = torch.clamp(torch.floor(tc * n).long(), max=n - 1)  # segment [k/n, (k+1)/n]
         w = tc * n - k.to(tc.dtype)
         return la[k] + w * (la[k + 1] - la[k])
-
-    def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
-        return torch.exp(self.log_alpha_bar(t))
-
-    def sqrt_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
-        return torch.exp(0.5 * self.log_alpha_bar(t))
-
-    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
-        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
 
     def beta(self, t: torch.Tensor | float) -> torch.Tensor:
         """-d/dt log alpha_bar(t) on the segment holding t (piecewise constant)."""
