@@ -23,7 +23,7 @@ Out = Annotated[Path, typer.Option("--out", help="Output folder (created; files 
 Seed = Annotated[int, typer.Option(help="Random seed (recorded in provenance.json).")]
 
 
-def _load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, Any]) -> BaseModel:
+def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, Any]) -> BaseModel:
     """Config file (JSON) first, then the command-line options that were given."""
     base: dict[str, Any] = {}
     if path is not None:
@@ -67,7 +67,7 @@ def demo(
     """Train a digit model with one class memorized, detect copies by sharpness, write a report."""
     from memgeo.workflows.demo import DemoConfig, run_demo
 
-    cfg = _load_config(config, DemoConfig, {
+    cfg = load_config(config, DemoConfig, {
         "data": data, "memorize_class": memorize_class, "control_class": control_class, "copies": copies,
         "fraction": fraction, "train.steps": steps, "n_samples": n_samples, "toy.enabled": toy, "seed": seed})
     metrics = run_demo(cfg, out)
@@ -98,7 +98,7 @@ def train_cmd(
     """Train a diffusion model; OUT becomes a checkpoint folder (rerun to resume)."""
     from memgeo.workflows.commands import TrainRunConfig, run_train
 
-    cfg = _load_config(config, TrainRunConfig, {
+    cfg = load_config(config, TrainRunConfig, {
         "data": data, "arch": arch, "conditional": conditional, "hidden": hidden, "depth": depth,
         "prediction": prediction, "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
         "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
@@ -121,7 +121,7 @@ def sample(
     """Generate samples from a model (and label copies of the training data)."""
     from memgeo.workflows.commands import SampleRunConfig, run_sample
 
-    cfg = _load_config(None, SampleRunConfig, dict(model=model, n=n, cond=cond, sampler=sampler, steps=steps,
+    cfg = load_config(None, SampleRunConfig, dict(model=model, n=n, cond=cond, sampler=sampler, steps=steps,
                                                    guidance=guidance, train_data=train_data, seed=seed))
     typer.echo(json.dumps(run_sample(cfg, out)))
 
@@ -140,7 +140,7 @@ def sharpness(
     """Hessian spectrum of log p_t (in units of sigma^2) at each point; writes sharpness.json."""
     from memgeo.workflows.commands import SharpnessRunConfig, run_sharpness
 
-    cfg = _load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
+    cfg = load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
                                                       labels=str(labels) if labels else None, at=at))
     typer.echo(json.dumps(run_sharpness(cfg, out)))
 
@@ -172,7 +172,7 @@ def lid(
     from memgeo.workflows.lid_runs import LIDRunConfig, run_lid
 
     params = {"t0": _t0(t0), "trace": trace, "n_probes": n_probes, "k": k}
-    cfg = _load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
+    cfg = load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
                                                 params={a: b for a, b in params.items() if b is not None}, cond=cond))
     typer.echo(json.dumps(run_lid(cfg, out)))
 
@@ -195,7 +195,7 @@ def audit(
     """Sharpness + LID_model (FLIPD) + LID_data + MMH labels (none / OD-Mem / DD-Mem) per sample."""
     from memgeo.workflows.lid_runs import AuditConfig, run_audit
 
-    cfg = _load_config(None, AuditConfig, dict(
+    cfg = load_config(None, AuditConfig, dict(
         model=model, points=str(points), train_data=train_data, reference=reference,
         labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
         model_low=model_low, data_low=data_low))

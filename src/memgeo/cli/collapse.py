@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli import Out, _load_config, app
+from memgeo.cli import Out, load_config, app
 from memgeo.errors import MemgeoError
 
 
@@ -68,12 +68,12 @@ def collapse(
     if _is_neural(config):
         from memgeo.workflows.collapse import NeuralCollapseConfig, run_neural_collapse
 
-        cfg = _load_config(config, NeuralCollapseConfig, {"seed": seed, "generations": generations, "n": n})
+        cfg = load_config(config, NeuralCollapseConfig, {"seed": seed, "generations": generations, "n": n})
         typer.echo(json.dumps(run_neural_collapse(cfg, out)["final"]))
         return
     from memgeo.workflows.collapse import CollapseConfig, run_collapse
 
-    cfg = _load_config(config, CollapseConfig, {
+    cfg = load_config(config, CollapseConfig, {
         "family": family, "estimator": estimator, "bias_c": bias_c, "bias_beta": bias_beta, "dim": dim,
         "mean_only": mean_only, "loop": loop, "n": n, "schedule": schedule, "generations": generations,
         "runs": runs, "real_share": real_share, "fresh_weight": _weight(fresh_weight), "fresh_n": fresh_n,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli import Out, _load_config, app
+from memgeo.cli import Out, load_config, app
 
 
 @app.command()
@@ -57,7 +57,7 @@ def detect(
         "scores": [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None,
         "score_params.wen": window,
     }
-    cfg = _load_config(config, DetectConfig, overrides)
+    cfg = load_config(config, DetectConfig, overrides)
     if attribution is not None:
         cfg = cfg.model_copy(update={"attribution_score": None if attribution.lower() == "none" else attribution})
     summary = run_detect(cfg, out)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli import Out, _load_config, app
+from memgeo.cli import Out, load_config, app
 from memgeo.errors import MemgeoError
 
 
@@ -52,7 +52,7 @@ def mitigate(
     from memgeo.workflows.mitigate import MitigateConfig, run_mitigate
 
     methods = None if method is None else tuple(m.strip() for m in method.split(",") if m.strip())
-    cfg = _load_config(config, MitigateConfig, dict(
+    cfg = load_config(config, MitigateConfig, dict(
         model=model, prompts=prompts, methods=methods, params=_params(params), generations=generations, steps=steps,
         guidance=guidance, train_data=train_data, classifier=classifier, criterion=criterion, threshold=threshold,
         max_prompts=max_prompts, seed=seed))

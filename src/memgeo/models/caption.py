@@ -36,7 +36,7 @@ from memgeo.models.checkpoint import (
     read_metadata,
     save_tensors,
 )
-from memgeo.models.nets import _ResBlock, timestep_embedding
+from memgeo.models.nets import ResBlock, timestep_embedding
 from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
 from memgeo.models.schedule import VPSchedule
 from memgeo.models.training import TrainConfig, TrainResult, fit
@@ -128,7 +128,7 @@ class CaptionDiffusionModel(PromptDiffusionModel):
         self.cond_mlp = nn.Sequential(nn.Linear(e, h), nn.SiLU(), nn.Linear(h, h))
         self.inp = nn.Linear(self.dim, h)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, h), nn.SiLU(), nn.Linear(h, h))
-        self.blocks = nn.ModuleList(_ResBlock(h) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(ResBlock(h) for _ in range(config.depth))
         self.out_norm = nn.LayerNorm(h)
         self.out = nn.Linear(h, self.dim)
 

@@ -67,7 +67,7 @@ def output_to_eps(raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule:
     return (x - psi * raw) / sigma
 
 
-class _ResBlock(nn.Module):
+class ResBlock(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
@@ -91,7 +91,7 @@ class MLPEps(DiffusionModel):
         self.inp = nn.Linear(d, h)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, h), nn.SiLU(), nn.Linear(h, h))
         self.class_emb = nn.Embedding(config.num_classes + 1, h) if config.num_classes else None
-        self.blocks = nn.ModuleList(_ResBlock(h) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(ResBlock(h) for _ in range(config.depth))
         self.out_norm = nn.LayerNorm(h)
         self.out = nn.Linear(h, d)
 

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
-from memgeo.report.plots import _as_array, _check_groups, _group_colors, _new_figure
+from memgeo.report.plots import as_array, check_groups, group_colors, new_figure
 
 __all__ = ["fan_chart", "lines_plot", "metric_panels", "point_clouds"]
 
@@ -29,11 +29,11 @@ def fan_chart(generations: np.ndarray, values: np.ndarray, *, theory_mean: np.nd
     Non-finite values (a fully collapsed run has log variance -inf) are left out of the mean but kept
     in the quantiles, which handle -inf correctly.
     """
-    gen = _as_array(generations, "generations", (1,))
-    vals = _as_array(values, "values", (2,))
+    gen = as_array(generations, "generations", (1,))
+    vals = as_array(values, "values", (2,))
     if vals.shape[0] != gen.shape[0]:
         raise MemgeoError(f"values has {vals.shape[0]} rows for {gen.shape[0]} generations", "pass (T+1, R)")
-    fig = ax.figure if ax is not None else _new_figure(6.4, 4.0)
+    fig = ax.figure if ax is not None else new_figure(6.4, 4.0)
     ax = ax if ax is not None else fig.add_subplot()
     with np.errstate(invalid="ignore"):  # quantiles between two -inf runs are -inf, not an error
         q = np.nanquantile(np.where(np.isnan(vals), -np.inf, vals), [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)
@@ -45,10 +45,10 @@ def fan_chart(generations: np.ndarray, values: np.ndarray, *, theory_mean: np.nd
     with np.errstate(invalid="ignore"):
         ax.plot(gen, np.nanmean(finite, axis=1), color="black", lw=1, label="mean (simulated)")
     if theory_mean is not None:
-        tm = _as_array(theory_mean, "theory_mean", (1,))
+        tm = as_array(theory_mean, "theory_mean", (1,))
         ax.plot(gen, tm, color="tab:red", ls="--", lw=1.5, label="theory mean")
         if theory_sd is not None:
-            sd = _as_array(theory_sd, "theory_sd", (1,))
+            sd = as_array(theory_sd, "theory_sd", (1,))
             ax.plot(gen, tm - 2 * sd, color="tab:red", ls=":", lw=1, label="theory +- 2 sd")
             ax.plot(gen, tm + 2 * sd, color="tab:red", ls=":", lw=1)
     ax.set_xlabel("generation")
@@ -69,21 +69,21 @@ def lines_plot(generations: np.ndarray, means: Mapping[str, np.ndarray], *,
     ``logx`` puts generations on a symmetric-log axis (linear up to 1), where a loss that grows like
     log t -- the linear schedule -- is a straight line and a levelling-off curve bends flat.
     """
-    _check_groups(means, "means")
-    gen = _as_array(generations, "generations", (1,))
-    colors = _group_colors(list(means))
-    fig = ax.figure if ax is not None else _new_figure(6.4, 4.0)
+    check_groups(means, "means")
+    gen = as_array(generations, "generations", (1,))
+    colors = group_colors(list(means))
+    fig = ax.figure if ax is not None else new_figure(6.4, 4.0)
     ax = ax if ax is not None else fig.add_subplot()
     for name, m in means.items():
-        m = _as_array(m, f"means[{name}]", (1,))
+        m = as_array(m, f"means[{name}]", (1,))
         if m.shape != gen.shape:
             raise MemgeoError(f"means[{name}] has {m.shape[0]} values for {gen.shape[0]} generations", "align them")
         ax.plot(gen, m, color=colors[name], lw=1.5, marker="o" if gen.size <= 12 else None, ms=3, label=name)
         if se is not None and name in se:
-            s = _as_array(se[name], f"se[{name}]", (1,))
+            s = as_array(se[name], f"se[{name}]", (1,))
             ax.fill_between(gen, m - 2 * s, m + 2 * s, color=colors[name], alpha=0.2, lw=0)
         if theory is not None and theory.get(name) is not None:
-            ax.plot(gen, _as_array(theory[name], f"theory[{name}]", (1,)), color=colors[name], ls="--", lw=1,
+            ax.plot(gen, as_array(theory[name], f"theory[{name}]", (1,)), color=colors[name], ls="--", lw=1,
                     label=f"{name} (theory)")
     if logy:
         ax.set_yscale("log")
@@ -106,11 +106,11 @@ def metric_panels(generations: np.ndarray, panels: Mapping[str, Mapping[str, np.
                   se: Mapping[str, Mapping[str, np.ndarray]] | None = None, ncols: int = 3,
                   title: str | None = None) -> Figure:
     """``panels[metric][group]`` = mean per generation: one small :func:`lines_plot` per metric."""
-    _check_groups(panels, "panels")
+    check_groups(panels, "panels")
     names = list(panels)
     ncols = max(1, min(ncols, len(names)))
     nrows = -(-len(names) // ncols)
-    fig = _new_figure(3.6 * ncols, 2.8 * nrows)
+    fig = new_figure(3.6 * ncols, 2.8 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, name in enumerate(names):
         lines_plot(generations, panels[name], se=None if se is None else se.get(name), ylabel=name,
@@ -127,12 +127,12 @@ def point_clouds(clouds: Sequence[np.ndarray], titles: Sequence[str] | None = No
     """2-D samples (n, 2) of successive generations side by side, the real data in grey behind."""
     if len(clouds) == 0:
         raise MemgeoError("no point clouds to plot", "pass at least one (n, 2) array")
-    arrays = [_as_array(c, "cloud", (2,)) for c in clouds]
+    arrays = [as_array(c, "cloud", (2,)) for c in clouds]
     if any(a.shape[1] != 2 for a in arrays):
         raise MemgeoError("point clouds must be 2-D points (n, 2)", "project or pick two coordinates")
     if titles is not None and len(titles) != len(arrays):
         raise MemgeoError(f"{len(titles)} titles for {len(arrays)} clouds", "pass one title per cloud")
-    fig = _new_figure(2.6 * len(arrays), 2.8)
+    fig = new_figure(2.6 * len(arrays), 2.8)
     axes = fig.subplots(1, len(arrays), squeeze=False)[0]
     lim = max(float(np.nanmax(np.abs(a))) for a in arrays + ([reference] if reference is not None else []))
     for i, (ax, pts) in enumerate(zip(axes, arrays)):

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
-from memgeo.report.plots import _new_figure, image_grid
+from memgeo.report.plots import new_figure, image_grid
 
 
 def tradeoff_plot(names: Sequence[str], copy_rate: np.ndarray, accuracy: np.ndarray, cost: np.ndarray | None = None,
@@ -30,7 +30,7 @@ def tradeoff_plot(names: Sequence[str], copy_rate: np.ndarray, accuracy: np.ndar
     acc = np.asarray(accuracy, dtype=float).reshape(-1)
     if not (len(names) == cr.shape[0] == acc.shape[0]) or (cost is not None and len(cost) != len(names)):
         raise MemgeoError("names, copy_rate, accuracy (and cost) need one entry per method", "pass equal lengths")
-    fig = _new_figure(5.5, 4.2)
+    fig = new_figure(5.5, 4.2)
     ax = fig.subplots()
     for i, name in enumerate(names):
         if not (np.isfinite(cr[i]) and np.isfinite(acc[i])):

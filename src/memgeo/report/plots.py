@@ -65,20 +65,20 @@ _REFERENCE_LINES = (
 # --------------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A figure bound to an Agg canvas, without pyplot (so no global registry or backend change)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _group_colors(names: Sequence[str]) -> dict[str, Any]:
+def group_colors(names: Sequence[str]) -> dict[str, Any]:
     """One distinct color per group, in the given order (tab10, cycling if there are more groups)."""
     cmap = matplotlib.colormaps["tab10"]
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def _as_array(x: Any, name: str, ndims: Sequence[int]) -> np.ndarray:
+def as_array(x: Any, name: str, ndims: Sequence[int]) -> np.ndarray:
     """``np.asarray(x, float)`` with a one-line :class:`MemgeoError` if the rank is wrong."""
     if hasattr(x, "detach"):  # a torch tensor slipped through: convert without importing torch
         x = x.detach().cpu().numpy()
@@ -92,7 +92,7 @@ def _as_array(x: Any, name: str, ndims: Sequence[int]) -> np.ndarray:
     return arr
 
 
-def _check_groups(groups: Mapping[str, Any], name: str) -> None:
+def check_groups(groups: Mapping[str, Any], name: str) -> None:
     if not isinstance(groups, Mapping) or len(groups) == 0:
         raise MemgeoError(f"{name} is empty or not a dict", "pass a dict mapping a group name to an array")
 
@@ -130,7 +130,7 @@ def image_grid(
     Figure
         One axes per image (exactly ``B`` axes).
     """
-    imgs = _as_array(images, "images", (3, 4))
+    imgs = as_array(images, "images", (3, 4))
     if imgs.shape[0] == 0:
         raise MemgeoError("images is an empty batch", "pass at least one image")
     if imgs.ndim == 4:
@@ -157,7 +157,7 @@ def image_grid(
     nrows = -(-b // ncols)
     cell = 1.6
     extra = 0.3 if titles is not None else 0.0
-    fig = _new_figure(ncols * cell, nrows * (cell + extra) + (0.4 if title else 0.0))
+    fig = new_figure(ncols * cell, nrows * (cell + extra) + (0.4 if title else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= b:
@@ -215,12 +215,12 @@ def spectra_plot(
     Figure
         One axes with ``sum(B)`` sample lines followed by 3 reference lines (at -1, -0.5, 0).
     """
-    _check_groups(eigs_by_group, "eigs_by_group")
-    fig = _new_figure(7.0, 4.2)
+    check_groups(eigs_by_group, "eigs_by_group")
+    fig = new_figure(7.0, 4.2)
     ax = fig.add_subplot()
-    colors = _group_colors(list(eigs_by_group))
+    colors = group_colors(list(eigs_by_group))
     for name, eigs in eigs_by_group.items():
-        arr = _as_array(eigs, f"eigs_by_group[{name!r}]", (1, 2))
+        arr = as_array(eigs, f"eigs_by_group[{name!r}]", (1, 2))
         arr = arr[None, :] if arr.ndim == 1 else arr
         spectra = np.sort(arr, axis=1)  # NaNs sort last; matplotlib leaves gaps for them
         if descending:
@@ -273,19 +273,19 @@ def trajectory_spectrum_plot(
         For each sample a main axes (``D`` eigenvalue lines + 3 reference lines) and a twin axes
         (1 flat-count line): ``2 * len(eigs_by_sample)`` axes in all.
     """
-    _check_groups(eigs_by_sample, "eigs_by_sample")
-    t = _as_array(ts, "ts", (1,))
+    check_groups(eigs_by_sample, "eigs_by_sample")
+    t = as_array(ts, "ts", (1,))
     n = len(eigs_by_sample)
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    fig = _new_figure(4.6 * ncols, 3.4 * nrows + (0.4 if title else 0.0))
+    fig = new_figure(4.6 * ncols, 3.4 * nrows + (0.4 if title else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     lo, hi = (float(np.nanmin(t)), float(np.nanmax(t))) if t.size else (0.0, 1.0)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             fig.delaxes(ax)
     for ax, (name, eigs) in zip(list(axes.flat)[:n], eigs_by_sample.items(), strict=True):
-        arr = _as_array(eigs, f"eigs_by_sample[{name!r}]", (2,))
+        arr = as_array(eigs, f"eigs_by_sample[{name!r}]", (2,))
         if arr.shape[0] != t.shape[0]:
             raise MemgeoError(
                 f"eigs_by_sample[{name!r}] has {arr.shape[0]} time steps but ts has {t.shape[0]}",
@@ -344,13 +344,13 @@ def score_histogram(
     Figure
         One axes with one filled step patch per non-empty group.
     """
-    _check_groups(scores_by_group, "scores_by_group")
-    fig = _new_figure(6.0, 4.0)
+    check_groups(scores_by_group, "scores_by_group")
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
-    colors = _group_colors(list(scores_by_group))
+    colors = group_colors(list(scores_by_group))
     data: dict[str, tuple[np.ndarray, int]] = {}
     for name, scores in scores_by_group.items():
-        arr = _as_array(scores, f"scores_by_group[{name!r}]", (0, 1, 2, 3, 4)).reshape(-1)
+        arr = as_array(scores, f"scores_by_group[{name!r}]", (0, 1, 2, 3, 4)).reshape(-1)
         finite = np.isfinite(arr)
         data[name] = (arr[finite], int((~finite).sum()))
     pooled = np.concatenate([v for v, _ in data.values()])
@@ -394,15 +394,15 @@ def roc_plot(
     Figure
         One axes with ``len(curves)`` curve lines plus 1 diagonal line.
     """
-    _check_groups(curves, "curves")
-    fig = _new_figure(4.8, 4.6)
+    check_groups(curves, "curves")
+    fig = new_figure(4.8, 4.6)
     ax = fig.add_subplot()
-    colors = _group_colors(list(curves))
+    colors = group_colors(list(curves))
     for name, curve in curves.items():
         if len(curve) != 3:
             raise MemgeoError(f"curves[{name!r}] has {len(curve)} items", "pass a tuple (fpr, tpr, auroc)")
-        fpr = _as_array(curve[0], f"curves[{name!r}] fpr", (1,))
-        tpr = _as_array(curve[1], f"curves[{name!r}] tpr", (1,))
+        fpr = as_array(curve[0], f"curves[{name!r}] fpr", (1,))
+        tpr = as_array(curve[1], f"curves[{name!r}] tpr", (1,))
         if fpr.shape != tpr.shape:
             raise MemgeoError(f"curves[{name!r}]: fpr {fpr.shape} and tpr {tpr.shape} differ",
                               "pass fpr and tpr of equal length")
@@ -450,8 +450,8 @@ def scatter_plot(
     Figure
         One axes with one scatter collection per group.
     """
-    xs = _as_array(x, "x", (1,))
-    ys = _as_array(y, "y", (1,))
+    xs = as_array(x, "x", (1,))
+    ys = as_array(y, "y", (1,))
     if xs.shape != ys.shape:
         raise MemgeoError(f"x has shape {xs.shape} but y has {ys.shape}", "pass x and y of equal length")
     labels = np.asarray([""] * xs.shape[0] if groups is None else list(groups), dtype=object)
@@ -459,8 +459,8 @@ def scatter_plot(
         raise MemgeoError(f"groups has {labels.shape[0]} labels for {xs.shape[0]} points",
                           "pass one group label per point")
     order = list(dict.fromkeys(labels.tolist()))  # first-appearance order, stable across calls
-    colors = _group_colors([str(g) for g in order])
-    fig = _new_figure(5.6, 4.4)
+    colors = group_colors([str(g) for g in order])
+    fig = new_figure(5.6, 4.4)
     ax = fig.add_subplot()
     for g in order:
         mask = labels == g
@@ -528,24 +528,24 @@ def field_plot_2d(
         A main axes (contour set if ``log_density`` is given, one quiver, one scatter each for
         points / duplicate / samples when given) plus a colorbar axes when ``log_density`` is given.
     """
-    gx = _as_array(grid_x, "grid_x", (1,))
-    gy = _as_array(grid_y, "grid_y", (1,))
+    gx = as_array(grid_x, "grid_x", (1,))
+    gy = as_array(grid_y, "grid_y", (1,))
     shape = (gy.shape[0], gx.shape[0])
-    u = _as_array(score_u, "score_u", (2,))
-    v = _as_array(score_v, "score_v", (2,))
+    u = as_array(score_u, "score_u", (2,))
+    v = as_array(score_v, "score_v", (2,))
     for arr, name in ((u, "score_u"), (v, "score_v")):
         if arr.shape != shape:
             raise MemgeoError(f"{name} has shape {arr.shape} but the grid is {shape} (len(grid_y), len(grid_x))",
                               "evaluate the score on np.meshgrid(grid_x, grid_y)")
-    pts = _as_array(points, "points", (2,))
+    pts = as_array(points, "points", (2,))
     if pts.shape[1] != 2:
         raise MemgeoError(f"points has shape {pts.shape}", "pass 2-D points of shape (N, 2)")
 
-    fig = _new_figure(6.2, 5.4)
+    fig = new_figure(6.2, 5.4)
     ax = fig.add_subplot()
     xx, yy = np.meshgrid(gx, gy)
     if log_density is not None:
-        lp = _as_array(log_density, "log_density", (2,))
+        lp = as_array(log_density, "log_density", (2,))
         if lp.shape != shape:
             raise MemgeoError(f"log_density has shape {lp.shape} but the grid is {shape}",
                               "evaluate it on np.meshgrid(grid_x, grid_y)")
@@ -572,13 +572,13 @@ def field_plot_2d(
     ax.scatter(pts[:, 0], pts[:, 1], s=22, c="tab:red", edgecolors="black", linewidths=0.5,
                label=f"training points (n={len(pts)})", zorder=3)
     if duplicate_point is not None:
-        dup = _as_array(duplicate_point, "duplicate_point", (1,))
+        dup = as_array(duplicate_point, "duplicate_point", (1,))
         if dup.shape != (2,):
             raise MemgeoError(f"duplicate_point has shape {dup.shape}", "pass one 2-D point of shape (2,)")
         ax.scatter([dup[0]], [dup[1]], s=380, marker="*", c="gold", edgecolors="black", linewidths=1.2,
                    label="duplicated point", zorder=5)
     if samples is not None:
-        smp = _as_array(samples, "samples", (2,))
+        smp = as_array(samples, "samples", (2,))
         if smp.shape[1] != 2:
             raise MemgeoError(f"samples has shape {smp.shape}", "pass 2-D samples of shape (M, 2)")
         ax.scatter(smp[:, 0], smp[:, 1], s=10, marker="x", c="tab:orange", linewidths=0.9,
