@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
+from memgeo.data.registry import load_points
 from memgeo.errors import MemgeoError
 from memgeo.io import write_csv, write_json
 from memgeo.memorization.attribution import token_attribution
@@ -99,17 +100,12 @@ def _config_key(cfg: DetectConfig) -> str:
 
 
 def _load_train(path: str, model: PromptDiffusionModel) -> torch.Tensor:
-    p = Path(path)
-    if not p.is_file():
-        raise MemgeoError(f"training data {p} does not exist", "pass the train_x.npy of the model's training set")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise MemgeoError(f"training data {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
-    if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != model.dim:
-        raise MemgeoError(f"training data {p} has shape {arr.shape} but the model's samples have {model.dim} values",
-                          "pass training data in the model's sample space")
-    return torch.as_tensor(arr, dtype=torch.float32)
+    """Training images for copy labels: a points file (memgeo.data.load_points) in the model's sample space."""
+    train = load_points(path)
+    if int(np.prod(train.shape[1:])) != model.dim:
+        raise MemgeoError(f"training data {path} has shape {tuple(train.shape)} but the model's samples have "
+                          f"{model.dim} values", "pass training data in the model's sample space")
+    return train
 
 
 def _record_path(out: Path, index: int) -> Path:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
+from memgeo.data.registry import load_points
 from memgeo.errors import MemgeoError
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copies import COPY_CRITERIA, label_copies
@@ -97,14 +98,7 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
     model = load_prompt_model(cfg.model)
     train = None
     if cfg.train_data is not None:
-        path = Path(cfg.train_data)
-        if not path.is_file():
-            raise MemgeoError(f"training data {path} does not exist", "pass the train_x.npy of the model")
-        try:
-            train = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise MemgeoError(f"training data {path} is not a readable .npy ({exc})",
-                              "save it with numpy.save") from exc
+        train = load_points(cfg.train_data).numpy()
         if tuple(train.shape[1:]) != image_shape(model):
             raise MemgeoError(f"training data has per-image shape {tuple(train.shape[1:])} but the model makes "
                               f"{image_shape(model)}", "pass the model's own training images")
