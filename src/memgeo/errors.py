@@ -6,7 +6,8 @@ print it as is (``error: <problem>; <fix>``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -66,3 +67,20 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
     """Raise :class:`MemgeoError` if ``value`` is not one of ``choices``."""
     if value not in choices:
         raise MemgeoError(f"unknown {name} {value!r}", f"choose one of: {', '.join(choices)}")
+
+
+T = TypeVar("T")
+
+
+def build_registered(registry: Mapping[str, Callable[..., T]], name: str, kind: str, params: Mapping[str, Any]) -> T:
+    """``registry[name](**params)`` for the string registries (estimators, scores, mitigations).
+
+    An unknown ``name`` or hyper-parameters the class does not take raise :class:`MemgeoError`
+    naming ``kind`` (e.g. "LID estimator") and the choices.
+    """
+    check_choice(name, sorted(registry), kind)
+    try:
+        return registry[name](**params)
+    except TypeError as exc:
+        raise MemgeoError(f"bad options for {kind} {name!r}: invalid parameters {sorted(params)} ({exc})",
+                          f"see the docstring of {registry[name].__qualname__}") from exc

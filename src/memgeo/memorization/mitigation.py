@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import build_registered
 from memgeo.memorization.mitigation_base import CostTally, Mitigation, MitigationResult, sample_guided
 from memgeo.memorization.mitigation_guidance import DelayedGuidance, NoMitigation
 from memgeo.memorization.mitigation_noise import SAIL, InitialNoiseAdjustment
@@ -37,12 +37,7 @@ MITIGATIONS: dict[str, type[Mitigation]] = {
 
 def get_mitigation(name: str, **params: Any) -> Mitigation:
     """Build a mitigation from its registry name and hyper-parameters (see each class)."""
-    check_choice(name, list(MITIGATIONS), "mitigation method")
-    try:
-        return MITIGATIONS[name](**params)
-    except TypeError as exc:
-        raise MemgeoError(f"invalid parameters {sorted(params)} for mitigation {name!r} ({exc})",
-                          f"see help(memgeo.memorization.mitigation.{MITIGATIONS[name].__name__})") from exc
+    return build_registered(MITIGATIONS, name, "mitigation method", params)
 
 
 __all__ = ["MITIGATIONS", "SAIL", "CostTally", "DelayedGuidance", "InitialNoiseAdjustment", "Mitigation",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import build_registered
 
 
 class LIDEstimator:
@@ -46,9 +46,4 @@ def register(cls: type[LIDEstimator]) -> type[LIDEstimator]:
 
 def get_lid_estimator(name: str, **params: Any) -> LIDEstimator:
     """Instantiate a registered estimator by name with hyper-parameters."""
-    if name not in LID_ESTIMATORS:
-        raise MemgeoError(f"unknown LID estimator {name!r}", f"choose one of: {', '.join(sorted(LID_ESTIMATORS))}")
-    try:
-        return LID_ESTIMATORS[name](**params)
-    except TypeError as exc:
-        raise MemgeoError(f"bad options for LID estimator {name!r} ({exc})", "see its docstring") from exc
+    return build_registered(LID_ESTIMATORS, name, "LID estimator", params)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, build_registered
 from memgeo.models.base import DiffusionModel, as_time, model_dtype
 from memgeo.models.counting import CountingModel
 from memgeo.models.sampling import time_grid
@@ -164,12 +164,7 @@ def register_prompt_score(cls: type[PromptScore]) -> type[PromptScore]:
 
 def get_prompt_score(name: str, **params: Any) -> PromptScore:
     """Instantiate a registered prompt score by name with hyper-parameters."""
-    if name not in PROMPT_SCORES:
-        raise MemgeoError(f"unknown prompt score {name!r}", f"choose one of: {', '.join(PROMPT_SCORES)}")
-    try:
-        return PROMPT_SCORES[name](**params)
-    except TypeError as exc:
-        raise MemgeoError(f"bad options for prompt score {name!r} ({exc})", "see its docstring") from exc
+    return build_registered(PROMPT_SCORES, name, "prompt score", params)
 
 
 def parse_score_names(text: str | Sequence[str]) -> list[str]:
