@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
-from memgeo.report.plots import as_array, check_groups, group_colors, new_figure
+from memgeo.report.plots import as_array, check_groups, finish_axes, group_colors, new_figure
 
 __all__ = ["fan_chart", "lines_plot", "metric_panels", "point_clouds"]
 
@@ -51,12 +51,7 @@ def fan_chart(generations: np.ndarray, values: np.ndarray, *, theory_mean: np.nd
             sd = as_array(theory_sd, "theory_sd", (1,))
             ax.plot(gen, tm - 2 * sd, color="tab:red", ls=":", lw=1, label="theory +- 2 sd")
             ax.plot(gen, tm + 2 * sd, color="tab:red", ls=":", lw=1)
-    ax.set_xlabel("generation")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "generation", ylabel, title, legend={"fontsize": 7, "loc": "best"}, grid_alpha=0.3)
     return fig
 
 
@@ -93,12 +88,7 @@ def lines_plot(generations: np.ndarray, means: Mapping[str, np.ndarray], *,
         else:
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xlim(left=0)
-    ax.set_xlabel("generation")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "generation", ylabel, title, legend={"fontsize": 7, "loc": "best"}, grid_alpha=0.3)
     return fig
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
-from memgeo.report.plots import new_figure, image_grid
+from memgeo.report.plots import finish_axes, image_grid, new_figure
 
 
 def tradeoff_plot(names: Sequence[str], copy_rate: np.ndarray, accuracy: np.ndarray, cost: np.ndarray | None = None,
@@ -38,15 +38,10 @@ def tradeoff_plot(names: Sequence[str], copy_rate: np.ndarray, accuracy: np.ndar
         label = name if cost is None else f"{name} ({float(cost[i]):.0f} NFE)"
         # A legend rather than annotations: methods often land on top of each other.
         ax.scatter([cr[i]], [acc[i]], s=40, label=label, marker="osD^vP*X"[i % 8])
-    ax.set_xlabel("copy rate on memorized prompts (lower is better)")
-    ax.set_ylabel("classifier accuracy on the intended class")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    if ax.collections:
-        ax.legend(fontsize=8, loc="lower left")
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, "copy rate on memorized prompts (lower is better)", "classifier accuracy on the intended class",
+                title, legend={"fontsize": 8, "loc": "lower left"} if ax.collections else None, grid_alpha=0.3)
     return fig
 
 

@@ -97,6 +97,21 @@ def check_groups(groups: Mapping[str, Any], name: str) -> None:
         raise MemgeoError(f"{name} is empty or not a dict", "pass a dict mapping a group name to an array")
 
 
+def finish_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, *,
+                legend: Mapping[str, Any] | None = None, grid_alpha: float = 0.25) -> None:
+    """The lines every plot ends with: axis labels, a light grid, optionally a legend and a title.
+
+    ``legend`` holds ``ax.legend`` keyword arguments; ``None`` draws no legend.
+    """
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=grid_alpha)
+    if legend is not None:
+        ax.legend(**legend)
+    if title:
+        ax.set_title(title)
+
+
 # --------------------------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------------------------
@@ -232,12 +247,8 @@ def spectra_plot(
             ax.plot(index, row, color=colors[name], linewidth=0.8, alpha=alpha,
                     label=f"{name} (n={len(spectra)})" if k == 0 else "_nolegend_")
     _draw_reference_lines(ax)
-    ax.set_xlabel("eigenvalue index (sorted, largest first)" if descending else "eigenvalue index (sorted)")
-    ax.set_ylabel(r"$\lambda\,\sigma^2$")
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="best")
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, "eigenvalue index (sorted, largest first)" if descending else "eigenvalue index (sorted)",
+                r"$\lambda\,\sigma^2$", title, legend={"fontsize": 8, "loc": "best"})
     return fig
 
 
@@ -368,11 +379,7 @@ def score_histogram(
             ax.hist(vals, bins=edges, density=density, histtype="stepfilled", alpha=0.4,
                     color=colors[name], edgecolor=colors[name], linewidth=1.2, label=label)
         ax.legend(fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density" if density else "count")
-    ax.grid(alpha=0.25)
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, xlabel, "density" if density else "count", title)
     return fig
 
 
@@ -413,12 +420,7 @@ def roc_plot(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right")
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, "false positive rate", "true positive rate", title, legend={"fontsize": 8, "loc": "lower right"})
     return fig
 
 
@@ -470,13 +472,7 @@ def scatter_plot(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.25)
-    if groups is not None:
-        ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, xlabel, ylabel, title, legend={"fontsize": 8} if groups is not None else None)
     return fig
 
 

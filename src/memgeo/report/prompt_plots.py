@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
-from memgeo.report.plots import roc_plot
+from memgeo.report.plots import finish_axes, roc_plot
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -104,10 +104,6 @@ def cost_vs_auroc(names: Sequence[str], costs: Sequence[float], aurocs: Sequence
         ax.annotate(name, (c[k], a[k]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
-    ax.set_xlabel("network passes per prompt")
-    ax.set_ylabel("AUROC")
     ax.set_ylim(min(0.0, float(np.nanmin(a)) - 0.05) if a.size else 0.0, 1.02)
-    ax.grid(alpha=0.25)
-    if title:
-        ax.set_title(title)
+    finish_axes(ax, "network passes per prompt", "AUROC", title)
     return fig
