@@ -4,10 +4,12 @@
 * trainable nets :class:`MLPEps`, :class:`UNetEps` (configs :class:`MLPConfig`, :class:`UNetConfig`);
 * exact references :class:`GaussianScore`, :class:`EmpiricalMixtureScore`;
 * :func:`train`, :func:`load_model`, samplers :func:`sample_ddim` / :func:`sample_ddpm`;
-* :func:`load_model_spec` resolves the strings the CLI accepts;
+* :func:`load` loads every kind of model the CLI accepts (:data:`MODEL_SPECS`): SPEC strings,
+  memgeo checkpoints and diffusers pipeline folders (``load_model_spec`` and ``load_prompt_model``
+  are its deprecated names);
 * prompt models (cond = encoded prompt (B, L, E)): :class:`CaptionDiffusionModel` (trainable,
-  :func:`train_caption_model`), :class:`DiffusersPromptModel` (a diffusers pipeline folder),
-  both loaded by :func:`load_prompt_model`; :class:`DigitClassifier` for fidelity checks.
+  :func:`train_caption_model`), :class:`DiffusersPromptModel` (a diffusers pipeline folder);
+  :class:`DigitClassifier` for fidelity checks.
 """
 
 from memgeo.models.base import NULL_CLASS, DiffusionModel, guided_eps, noise_difference
@@ -35,8 +37,10 @@ from memgeo.models.nets import (
     UNetEps,
     build_model,
 )
+from memgeo.models import prompt as _prompt
+from memgeo.models.loading import MODEL_SPECS, load, load_model_spec, load_prompt_model
 from memgeo.models.pipeline import DiffusersPromptModel, build_tiny_pipeline
-from memgeo.models.prompt import PromptDiffusionModel, TokenBatch, load_prompt_model
+from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
 from memgeo.models.reference import EmpiricalMixtureScore, GaussianScore
 from memgeo.models.sampling import (
     SAMPLERS,
@@ -46,8 +50,11 @@ from memgeo.models.sampling import (
     sample_ddpm,
 )
 from memgeo.models.schedule import DiscreteSchedule, VPSchedule
-from memgeo.models.spec import MODEL_SPECS, load_model_spec
 from memgeo.models.training import TrainConfig, TrainResult, train
+
+# Deprecated import path `from memgeo.models.prompt import load_prompt_model`: bound here because
+# prompt.py (the interface) must not import the loader, which imports its implementations.
+_prompt.load_prompt_model = load_prompt_model
 
 __all__ = [
     "MODEL_SPECS",
@@ -78,6 +85,7 @@ __all__ = [
     "build_vocab",
     "get_sampler",
     "guided_eps",
+    "load",
     "load_caption_model",
     "load_classifier",
     "load_model",

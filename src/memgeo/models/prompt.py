@@ -13,7 +13,11 @@ have a tensor to work on::
 
 Implementations: the trainable caption model of memgeo and the adapter for a diffusers
 text-to-image pipeline folder. To add one, subclass :class:`PromptDiffusionModel` and implement
-the four abstract methods.
+the four abstract methods. Load any of them with :func:`memgeo.models.load`.
+
+This module defines the interface only and imports none of its implementations (they import it).
+``memgeo.models.prompt.load_prompt_model``, the deprecated loader, is bound here by the package
+``memgeo.models`` (it lives in :mod:`memgeo.models.loading`) so that old imports keep working.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -91,33 +94,3 @@ class PromptDiffusionModel(DiffusionModel):
                               "encode the prompts with model.encode(prompts)")
         # No NaN check here: eps runs inside vmap(jacrev) for dense Jacobians, where a data-dependent
         # branch cannot run. Prompt embeddings come from encode(); inputs are checked where they enter.
-
-
-def load_prompt_model(path: str | Path, device: str | torch.device = "cpu") -> PromptDiffusionModel:
-    """Load a prompt model from a folder, dispatching on what it holds.
-
-    * a diffusers text-to-image pipeline folder (``model_index.json``):
-      :class:`~memgeo.models.pipeline.DiffusersPromptModel`;
-    * a memgeo caption-model checkpoint (``model.safetensors`` with a caption config):
-      :class:`~memgeo.models.caption.CaptionDiffusionModel`.
-
-    Raises
-    ------
-    MemgeoError
-        If the path does not exist or holds neither.
-    """
-    folder = Path(path)
-    if folder.is_file() and folder.name == "model_index.json":
-        folder = folder.parent
-    if not folder.exists():
-        raise MemgeoError(f"model folder {folder} does not exist", "check --model")
-    if (folder / "model_index.json").is_file():
-        from memgeo.models.pipeline import DiffusersPromptModel
-
-        return DiffusersPromptModel.from_folder(folder, device=device)
-    from memgeo.models.caption import is_caption_checkpoint, load_caption_model
-
-    if folder.is_file() or is_caption_checkpoint(folder):
-        return load_caption_model(folder, device=device)
-    raise MemgeoError(f"{folder} is neither a diffusers pipeline folder (model_index.json) nor a memgeo caption "
-                      "checkpoint (model.safetensors)", "point --model at one of those")
