@@ -400,11 +400,15 @@ def test_sampler_seed_determinism_and_callback():
     d2 = sample_ddim(model, x, steps=20, generator=torch.Generator().manual_seed(2)).x0
     assert torch.equal(d1, d2)
     seen = []
-    res = sample_ddim(model, x, steps=7, callback=lambda k, t, xt: seen.append((k, t, xt.shape)),
-                      return_trajectory=True)
-    assert [k for k, _, _ in seen] == list(range(7))
-    np.testing.assert_allclose([t for _, t, _ in seen], res.ts[1:].numpy(), rtol=1e-12)
-    assert all(s == (10, 3) for _, _, s in seen)
+    res = sample_ddim(model, x, steps=7, callback=seen.append, return_trajectory=True)
+    # one dict per network evaluation: 7 steps and the final denoise
+    assert [d["step"] for d in seen] == list(range(8))
+    np.testing.assert_allclose([d["t"] for d in seen], res.ts.numpy(), rtol=1e-12)
+    assert [d["t_next"] for d in seen][-1] is None
+    for d, x_next in zip(seen[:-1], res.trajectory[1:]):
+        torch.testing.assert_close(d["x_next"], x_next)
+    torch.testing.assert_close(seen[-1]["x0"], res.x0)
+    assert all(d["x"].shape == (10, 3) and d["forward_evals"] == 1 for d in seen)
     assert res.trajectory.shape == (8, 10, 3)
 
 

@@ -51,6 +51,8 @@ class DiffusionModel(nn.Module):
     schedule: VPSchedule
     data_shape: tuple[int, ...]
     num_classes: int | None = None
+    #: What the network outputs: "epsilon", "v_prediction", "sample" (x0) or "flow" (velocity eps - x0).
+    prediction_type: str = "epsilon"
 
     @property
     def dim(self) -> int:
@@ -69,6 +71,35 @@ class DiffusionModel(nn.Module):
         """Score grad_x log p_t(x | cond) = -eps / sigma(t), shape (B, *data_shape)."""
         sigma = expand_like(self.schedule.sigma(as_time(t, x.shape[0], x)), x)
         return -self.eps(x, t, cond) / sigma
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted noise and clean sample (eps, x0), each (B, *data_shape), from one network call.
+
+        Default: x0 = (x - sigma eps) / psi. Models whose network gives x0 more directly (flow
+        matching, where psi = 0 at the first step) override this.
+        """
+        eps = self.eps(x, t, cond)
+        if isinstance(t, (int, float)):
+            ab = float(self.schedule.alpha_bar(torch.tensor(float(t), dtype=torch.float64)))
+            return eps, (x - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        tt = as_time(t, x.shape[0], x)
+        psi = expand_like(self.schedule.sqrt_alpha_bar(tt), x)
+        sigma = expand_like(self.schedule.sigma(tt), x)
+        return eps, (x - sigma * eps) / psi
+
+    def native_output(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """The network's raw output (eps, v or a flow velocity, see :attr:`prediction_type`), (B, *data_shape)."""
+        return self.eps(x, t, cond)
+
+    def sampling_grid(self, steps: int):
+        """The model's own sampling grid (a :class:`~memgeo.models.sampling.SamplingGrid`), or ``None``.
+
+        ``None`` (memgeo's own models) means memgeo's uniform continuous grid; pipeline folders return
+        their scheduler's grid (``scheduler.set_timesteps(steps); scheduler.timesteps``).
+        """
+        return None
 
     def check_input(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> None:
         """Validate a batch against the model's data shape and condition classes."""

@@ -25,6 +25,7 @@ class CountingModel(DiffusionModel):
         self.schedule = model.schedule
         self.data_shape = tuple(model.data_shape)
         self.num_classes = model.num_classes
+        self.prediction_type = model.prediction_type
         self.calls = 0
         self.rows = 0
 
@@ -32,6 +33,23 @@ class CountingModel(DiffusionModel):
         self.calls += 1
         self.rows += int(x.shape[0])
         return self.inner.eps(x, t, cond)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if type(self.inner).denoise is DiffusionModel.denoise:
+            return super().denoise(x, t, cond)  # through self.eps, counted there
+        self.calls += 1
+        self.rows += int(x.shape[0])
+        return self.inner.denoise(x, t, cond)
+
+    def native_output(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        self.calls += 1
+        self.rows += int(x.shape[0])
+        return self.inner.native_output(x, t, cond)
+
+    def sampling_grid(self, steps: int):
+        return self.inner.sampling_grid(steps)
 
     def reset(self) -> None:
         """Zero the counters."""

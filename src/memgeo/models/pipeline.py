@@ -12,7 +12,10 @@ latent space: ``data_shape`` is the latent shape, :meth:`DiffusersPromptModel.de
 
 Time: the scheduler's discrete ``alphas_cumprod`` become a :class:`DiscreteSchedule` (step k at
 t = (k + 1) / T, log alpha_bar linear in between) and ``eps(x, t, cond)`` calls the UNet at the
-continuous timestep t T - 1, exact at the training steps. The condition is CLIP's last hidden state
+continuous timestep t T - 1, exact at the training steps. Sampling and every first-step score use
+the scheduler's own grid (:func:`scheduler_grid`): "step k" is ``scheduler.set_timesteps(steps);
+scheduler.timesteps[k]`` (steps_offset and timestep spacing honoured; SD 1.x, 50 DDIM steps: 981,
+961, ..., 1). The condition is CLIP's last hidden state
 (B, L, E) of the prompt padded to the tokenizer's ``model_max_length``; the empty prompt ``""`` is
 the null condition, as in Stable Diffusion's classifier-free guidance.
 
@@ -31,9 +34,88 @@ from memgeo.errors import MemgeoError
 from memgeo.io import atomic_write_text
 from memgeo.models.base import as_time, expand_like
 from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
+from memgeo.models.sampling import SamplingGrid
 from memgeo.models.schedule import DiscreteSchedule
 
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+#: Scheduler classes whose own update memgeo's sampler core reproduces (others: DDIM on their timesteps).
+EXACT_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
+
+
+def load_scheduler(folder: Path):
+    """The pipeline's scheduler as configured (its own class), offline."""
+    import diffusers
+
+    config = diffusers.DDPMScheduler.load_config(folder)
+    cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        cls = diffusers.DDIMScheduler
+    return cls.from_config(config)
+
+
+def scheduler_grid(scheduler, schedule: DiscreteSchedule, steps: int) -> SamplingGrid:
+    """The grid a diffusers scheduler visits in ``steps`` steps, in memgeo time (for VP schedulers).
+
+    ``set_timesteps(steps)`` is called on a copy. DDIM: step k evaluates at ``timesteps[k]`` and moves to
+    ``timesteps[k] - T // steps`` (the scheduler's own rule; the final alpha when that is negative:
+    1 with ``set_alpha_to_one``, else ``alphas_cumprod[0]``). DDPM: ancestral (eta = 1) to
+    ``previous_timestep``. Euler (deterministic, ``s_churn = 0``): the scheduler's sigmas, the last 0.
+    Other classes (PNDM, DPM-Solver, ...) are multistep methods memgeo does not reproduce: their
+    timesteps are used with DDIM updates, and ``source`` says so.
+
+    Returns
+    -------
+    SamplingGrid
+        ``ts`` (steps + 1,) with the update targets in ``ts_next``; ``final_denoise=False``.
+    """
+    import diffusers
+
+    name = type(scheduler).__name__
+    sched = type(scheduler).from_config(scheduler.config)
+    if name not in EXACT_SCHEDULERS:
+        sched = diffusers.DDIMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    n_train = schedule.num_train_timesteps
+    timesteps = sched.timesteps.detach().to(torch.float64).cpu()
+    if len(timesteps) != steps:
+        raise MemgeoError(f"{name} gives {len(timesteps)} timesteps for {steps} steps",
+                          "use a scheduler with one network evaluation per step (DDIM, DDPM, Euler)")
+
+    def t_of(tau: float) -> float:
+        return (tau + 1.0) / n_train if tau >= 0 else 0.0
+
+    eta = 0.0
+    if isinstance(sched, diffusers.EulerDiscreteScheduler):
+        sig_ve = sched.sigmas.detach().to(torch.float64).cpu().tolist()
+
+        def t_of_sigma(k: int) -> float:  # exact at integer timesteps, else by the schedule's inverse
+            if sig_ve[k] == 0.0:
+                return 0.0
+            if k < steps and abs(float(timesteps[k]) - round(float(timesteps[k]))) < 1e-6:
+                return t_of(float(round(float(timesteps[k]))))
+            return schedule.t_from_sigma(sig_ve[k] / (1.0 + sig_ve[k] ** 2) ** 0.5)
+
+        ts = torch.tensor([t_of_sigma(k) for k in range(steps + 1)], dtype=torch.float64)
+        ts_next = ts[1:]
+    else:
+        ts_now = [t_of(float(tau)) for tau in timesteps]
+        if isinstance(sched, diffusers.DDPMScheduler):
+            eta = 1.0
+            prev = [float(sched.previous_timestep(int(tau))) for tau in timesteps]
+            nxt = [t_of(p) for p in prev]
+        else:  # DDIM's rule: prev = t - T // steps, the final alpha when negative
+            ratio = n_train // steps
+            final = 0.0 if bool(sched.config.get("set_alpha_to_one", True)) else t_of(0.0)
+            nxt = [t_of(float(tau) - ratio) if float(tau) - ratio >= 0 else final for tau in timesteps]
+        ts = torch.tensor(ts_now + [nxt[-1]], dtype=torch.float64)
+        ts_next = torch.tensor(nxt, dtype=torch.float64)
+    clip = None
+    if bool(sched.config.get("clip_sample", False)):
+        r = float(sched.config.get("clip_sample_range", 1.0))
+        clip = (-r, r)
+    source = name if name in EXACT_SCHEDULERS else f"DDIMScheduler on {name}'s timesteps"
+    return SamplingGrid(ts=ts, ts_next=ts_next, timesteps=timesteps, eta=eta, final_denoise=False, source=source,
+                        clip=clip)
 
 
 def _check_folder(folder: Path) -> None:
@@ -64,6 +146,7 @@ class DiffusersPromptModel(PromptDiffusionModel):
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.tokenizer = tokenizer
+        self.scheduler = scheduler
         self.schedule = DiscreteSchedule.from_scheduler(scheduler)
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
@@ -79,7 +162,7 @@ class DiffusersPromptModel(PromptDiffusionModel):
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     fused_attention: bool = False) -> DiffusersPromptModel:
         """Load the components of a pipeline folder (offline); ``fused_attention`` as in the class."""
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         folder = Path(folder)
@@ -88,14 +171,22 @@ class DiffusersPromptModel(PromptDiffusionModel):
             unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
             text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype)
             tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-            # Any diffusers scheduler config carries the betas; DDPM's class computes alphas_cumprod from them.
-            sched = DDPMScheduler.from_config(DDPMScheduler.load_config(folder / "scheduler"))
+            sched = load_scheduler(folder / "scheduler")
             vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
                    if (folder / "vae").is_dir() else None)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemgeoError(f"cannot load the pipeline in {folder} ({str(exc).splitlines()[0]})",
                               "check that it was saved with save_pretrained and is complete") from exc
         return cls(unet, text, tok, sched, vae, fused_attention=fused_attention).to(device)
+
+    def sampling_grid(self, steps: int) -> SamplingGrid:
+        """The scheduler's own grid for ``steps`` steps (:func:`scheduler_grid`)."""
+        return scheduler_grid(self.scheduler, self.schedule, steps)
+
+    def native_output(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """The UNet's raw output (eps, v or x0 as the scheduler's ``prediction_type`` says)."""
+        return self._unet_output(x, t, cond)
 
     # --- text path ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> TokenBatch:
@@ -147,14 +238,18 @@ class DiffusersPromptModel(PromptDiffusionModel):
         return self._null
 
     # --- denoiser -------------------------------------------------------------------------------
-    def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def _unet_output(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None) -> torch.Tensor:
         self.check_input(x, cond)
         b = x.shape[0]
         tt = as_time(t, b, x)
         if cond is None:
             cond = self.null_embedding().to(dtype=x.dtype, device=x.device).expand(b, -1, -1)
         with self._attention():
-            out = self.unet(x, self.schedule.timestep(tt), encoder_hidden_states=cond.to(x.dtype)).sample
+            return self.unet(x, self.schedule.timestep(tt), encoder_hidden_states=cond.to(x.dtype)).sample
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._unet_output(x, t, cond)
+        tt = as_time(t, x.shape[0], x)
         if self.prediction_type == "epsilon":
             return out
         psi = expand_like(self.schedule.sqrt_alpha_bar(tt), x)
@@ -205,13 +300,15 @@ def _write_clip_vocab(folder: Path) -> None:
     atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False, max_length: int = 16) -> Path:
+def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False, max_length: int = 16,
+                        scheduler=None) -> Path:
     """Write a random-weight text-to-image pipeline folder (no network), loadable by ``load_prompt_model``.
 
     Pixel space (``latent=False``): UNet on (1, 8, 8) images. Latent space: a tiny ``AutoencoderKL``
     maps (1, 16, 16) images to (4, 8, 8) latents. Text: a 2-layer CLIP encoder (width 32) with a
     letter-level BPE tokenizer (whole-word tokens for :data:`TINY_WORDS`), prompts padded to
-    ``max_length``. Scheduler: Stable Diffusion's 1000-step ``scaled_linear`` DDPM schedule.
+    ``max_length``. Scheduler: Stable Diffusion's 1000-step ``scaled_linear`` DDPM schedule, or the
+diffusers scheduler instance given as ``scheduler`` (e.g. SD 1.4's DDIM with ``steps_offset=1``).
 
     Returns
     -------
@@ -242,11 +339,13 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
     unet.save_pretrained(folder / "unet")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                  beta_end=0.012).save_pretrained(folder / "scheduler")
+    if scheduler is None:
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                  beta_end=0.012)
+    scheduler.save_pretrained(folder / "scheduler")
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
              "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", type(scheduler).__name__],
              "vae": [None, None], "safety_checker": [None, None], "feature_extractor": [None, None]}
     if latent:
         AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32),
