@@ -66,7 +66,7 @@ def test_wen_window_averages_the_norms_along_the_guided_path(net):
     cond = net.encode(["a photo of cat"])
     x = generation_noise(net, [3], 1)[:, 0]
     res = get_prompt_score("wen", window=(1, 3)).compute(net, cond, x, sampling=settings)
-    ts = settings.grid().tolist()
+    ts = settings.grid(net).ts.tolist()
     norms = []
     from memgeo.models.sampling import ddim_step
     for k in range(3):

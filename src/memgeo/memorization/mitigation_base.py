@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from memgeo.errors import MemgeoError
-from memgeo.models.base import DiffusionModel, as_time
-from memgeo.models.sampling import ddim_step, time_grid
+from memgeo.models.base import DiffusionModel
+from memgeo.memorization.prompt_scores.base import denoise_pair, to_native
+from memgeo.models.sampling import model_grid, sample
 
 
 @dataclass
@@ -66,41 +67,49 @@ class CostTally:
         ``rows`` are the batch indices (into the tally) of the b rows of ``x``; ``None`` means all.
         ``backward=True`` records that the caller will back-propagate through this call.
         """
-        idx = np.arange(self.nfe.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
-        both = model.eps(torch.cat([x, x]), torch.cat([as_time(t, x.shape[0], x)] * 2),
-                         torch.cat([cond, model.null_cond(cond)]))
-        np.add.at(self.nfe, idx, 2)
-        if backward:
-            np.add.at(self.nbe, idx, 2)
-        e_c, e_u = both.chunk(2)
+        e_c, e_u, _, _ = self.denoise_pair(model, x, t, cond, rows, backward)
         return e_c, e_u
+
+    def denoise_pair(self, model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor,
+                     rows: torch.Tensor | np.ndarray | None = None, backward: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eps_c, eps_u, x0_c, x0_u) from one batched call; counted as :meth:`eps_pair`."""
+        self.count(rows, 2, backward)
+        return denoise_pair(model, x, t, cond)
+
+    def count(self, rows: torch.Tensor | np.ndarray | None, evals: int, backward: bool = False) -> None:
+        """Add ``evals`` forward (and, with ``backward``, as many backward) evaluations to ``rows``."""
+        idx = np.arange(self.nfe.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        np.add.at(self.nfe, idx, evals)
+        if backward:
+            np.add.at(self.nbe, idx, evals)
 
     def noise_difference(self, model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor,
                          rows: torch.Tensor | np.ndarray | None = None, backward: bool = False) -> torch.Tensor:
-        """d_eps = eps_c - eps_u, shape (b, *data_shape); counted as :meth:`eps_pair`."""
-        e_c, e_u = self.eps_pair(model, x, t, cond, rows, backward)
+        """The prompt's effect on the prediction, shape (b, *data_shape); counted as :meth:`eps_pair`.
+
+        d_eps = eps_c - eps_u, except on flow-matching models, where eps = x for every prompt at the
+        first step (sigma = 1): there the velocity difference d_u (the native output) is used.
+        """
+        e_c, e_u, x0_c, x0_u = self.denoise_pair(model, x, t, cond, rows, backward)
+        if model.prediction_type == "flow":
+            return to_native(model, t, e_c - e_u, x0_c - x0_u)
         return e_c - e_u
+
+
+def first_time(model: DiffusionModel, steps: int) -> float:
+    """memgeo time of the first sampling step on the model's grid (a pipeline's ``scheduler.timesteps[0]``)."""
+    return float(model_grid(model, int(steps)).ts[0])
+
+
+def sample_evals(model: DiffusionModel, steps: int, guidance: float) -> int:
+    """Forward evaluations per generation of plain guided sampling on the model's grid."""
+    return (1 if guidance in (0.0, 1.0) else 2) * model_grid(model, int(steps)).evaluations
 
 
 def row_norm(v: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each row of a (B, ...) tensor, shape (B,)."""
     return v.flatten(1).norm(dim=1)
-
-
-def x0_from_eps(model: DiffusionModel, x: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:
-    """Denoised prediction (x_t - sigma_t eps) / psi_t, same shape as ``x``."""
-    ab = float(model.schedule.alpha_bar(torch.tensor(t, dtype=torch.float64)))
-    return (x - (1 - ab) ** 0.5 * eps) / ab ** 0.5
-
-
-def clip_eps(model: DiffusionModel, x: torch.Tensor, t: float, eps: torch.Tensor,
-             clip: tuple[float, float] | None) -> torch.Tensor:
-    """Noise consistent with the clamped x0 prediction (as :func:`sample_ddim` does); no-op for ``None``."""
-    if clip is None:
-        return eps
-    ab = float(model.schedule.alpha_bar(torch.tensor(t, dtype=torch.float64)))
-    x0c = x0_from_eps(model, x, t, eps).clamp(*clip)
-    return (x - ab ** 0.5 * x0c) / (1 - ab) ** 0.5
 
 
 @torch.no_grad()
@@ -111,49 +120,45 @@ def sample_guided(model: DiffusionModel, x: torch.Tensor, cond: torch.Tensor, ta
                   ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Deterministic DDIM with per-row guidance ``pre_guidance`` before ``switch_step`` and ``guidance`` after.
 
-    The update is exactly :func:`memgeo.models.sampling.sample_ddim`'s (same grid, same final
-    denoise at t_min), but every step evaluates both eps_c and eps_u (2 forward evaluations per row)
-    so that the guidance norm ||eps_c - eps_u|| is recorded along the trajectory.
+    The sampler core (:func:`memgeo.models.sampling.sample`) on the model's grid with both branches
+    evaluated at every step (2 forward evaluations per row and step), so that the guidance norm
+    ||eps_c - eps_u|| is recorded along the trajectory; the per-row weight is a guidance function.
 
     Parameters
     ----------
     x : Tensor, shape (B, *data_shape)
-        Initial noise at t = 1.
+        Initial noise at the grid's first time.
     cond : Tensor, shape (B, L, E)
     switch_step : numpy.ndarray of int, shape (B,), optional
         Row b uses ``pre_guidance`` at steps k < switch_step[b] and ``guidance`` from then on;
         ``None`` means guidance everywhere.
     update_switch : callable(k, norms, switch), optional
-        Called at step k after the norms of that step are recorded (``norms`` is (B, steps + 1),
-        filled up to column k); may change ``switch`` (B,) in place to decide the switch online.
+        Called at step k after the norms of that step are recorded (``norms`` is (B, E), filled up
+        to column k); may change ``switch`` (B,) in place to decide the switch online.
 
     Returns
     -------
     samples : Tensor, shape (B, *data_shape)
-    norms : numpy.ndarray, shape (B, steps + 1)
-        ||eps_c - eps_u|| at every grid time (the last is the final denoise at t_min).
+    norms : numpy.ndarray, shape (B, E)
+        ||eps_c - eps_u|| at every network evaluation (E = steps, plus the final denoise on memgeo's grid).
     switch : numpy.ndarray of int, shape (B,)
-        The switch steps used (``steps + 1`` or more: guidance never switched on).
+        The switch steps used (``E`` or more: guidance never switched on).
     """
     b = x.shape[0]
+    grid = model_grid(model, int(steps))
     switch = np.zeros(b, dtype=np.int64) if switch_step is None else np.array(switch_step, dtype=np.int64)
-    ts = time_grid(steps)
-    norms = np.zeros((b, steps + 1))
-    for k in range(steps + 1):
-        t = float(ts[k])
-        e_c, e_u = tally.eps_pair(model, x, t, cond)
-        norms[:, k] = row_norm(e_c - e_u).double().cpu().numpy()
+    norms = np.zeros((b, grid.evaluations))
+
+    def weight(info: dict[str, Any]) -> torch.Tensor:
+        k = info["step"]
+        norms[:, k] = row_norm(info["eps_cond"] - info["eps_uncond"]).double().cpu().numpy()
         if update_switch is not None:
             update_switch(k, norms, switch)
-        w = torch.as_tensor(np.where(k >= switch, guidance, pre_guidance), dtype=x.dtype, device=x.device)
-        eps = clip_eps(model, x, t, e_u + w.reshape((b,) + (1,) * (x.ndim - 1)) * (e_c - e_u), clip)
-        if k < steps:
-            x, _ = ddim_step(model, x, t, float(ts[k + 1]), eps)
-        else:
-            x = x0_from_eps(model, x, t, eps)
-            if clip is not None:
-                x = x.clamp(*clip)
-    return x, norms, switch
+        return torch.as_tensor(np.where(k >= switch, guidance, pre_guidance), dtype=x.dtype, device=x.device)
+
+    res = sample(model, x, grid=grid, cond=cond, guidance=weight, both=True, clip=clip,
+                 callback=lambda info: tally.count(None, info["forward_evals"]))
+    return res.x0, norms, switch
 
 
 class Mitigation:
@@ -183,7 +188,8 @@ class Mitigation:
         x_T : Tensor, shape (B, *data_shape)
             Standard Gaussian initial noise (the baseline's; methods may replace it).
         steps : int
-            DDIM steps from t = 1 to t = 1e-3.
+            Sampling steps on the model's grid (memgeo's models: DDIM from t = 1 to 1e-3; pipeline folders:
+            the scheduler's ``timesteps``). First-step objectives are evaluated at the grid's first time.
         guidance : float
             Classifier-free guidance weight of the sampling phase.
         generator : torch.Generator, optional

@@ -7,7 +7,7 @@ import torch
 
 from memgeo.errors import MemgeoError
 from memgeo.memorization.mitigation_base import (
-    CostTally, Mitigation, MitigationResult, check_count, check_inputs, sample_guided,
+    CostTally, Mitigation, MitigationResult, check_count, check_inputs, sample_evals, sample_guided,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -17,7 +17,8 @@ class NoMitigation(Mitigation):
     """Baseline: plain classifier-free guided DDIM from the given noise (no mitigation).
 
     Identical to :func:`memgeo.models.sampling.sample_ddim` with the same ``x_T``. Cost per
-    generation: ``(steps + 1)`` evaluations with ``guidance`` 0 or 1, else ``2 (steps + 1)``.
+    generation: one evaluation per grid point (``steps + 1`` on memgeo's grid, ``steps`` on a
+    scheduler's) with ``guidance`` 0 or 1, twice that otherwise.
     """
 
     name = "none"
@@ -28,9 +29,9 @@ class NoMitigation(Mitigation):
                  clip: tuple[float, float] | None = None) -> MitigationResult:
         check_inputs(model, cond, x_T, steps)
         res = sample_ddim(model, x_T, steps=steps, cond=cond, guidance=guidance, clip=clip)
-        per_call = 1 if guidance in (0.0, 1.0) else 2
         b = x_T.shape[0]
-        return MitigationResult(samples=res.x0, noise=x_T.clone(), nfe=np.full(b, per_call * (steps + 1)),
+        return MitigationResult(samples=res.x0, noise=x_T.clone(),
+                                nfe=np.full(b, sample_evals(model, steps, guidance)),
                                 nbe=np.zeros(b, dtype=np.int64))
 
 

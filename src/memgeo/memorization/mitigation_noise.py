@@ -18,7 +18,7 @@ import torch
 from memgeo.errors import MemgeoError
 from memgeo.memorization.mitigation_base import (
     CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_count, check_inputs, check_positive,
-    row_norm, sample_guided,
+    first_time, row_norm, sample_evals, sample_guided,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -82,12 +82,12 @@ class SAIL(Mitigation):
         self.target = None if target is None else check_positive("target", target, allow_zero=True)
 
     def sharpness(self, model: DiffusionModel, z: torch.Tensor, cond: torch.Tensor, tally: CostTally,
-                  rows: np.ndarray, backward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||d_eps(z)||, ||d_eps(z + delta u(z))||) at t = 1, each (b,); 4 forward evaluations per row."""
-        d = tally.noise_difference(model, z, 1.0, cond, rows, backward)
+                  rows: np.ndarray, backward: bool = False, t1: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||d_eps(z)||, ||d_eps(z + delta u(z))||) at the first time t1, each (b,); 4 forward evaluations per row."""
+        d = tally.noise_difference(model, z, t1, cond, rows, backward)
         norm = row_norm(d)
         u = d / norm.clamp_min(1e-12).reshape((-1,) + (1,) * (z.ndim - 1))
-        return norm, row_norm(tally.noise_difference(model, z + self.delta * u, 1.0, cond, rows, backward))
+        return norm, row_norm(tally.noise_difference(model, z + self.delta * u, t1, cond, rows, backward))
 
     def objective(self, sharp: torch.Tensor, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """L = sharp^2 / scale^2 + lam R(z) per row, shape (b,)."""
@@ -98,10 +98,11 @@ class SAIL(Mitigation):
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
         check_inputs(model, cond, x_T, steps)
+        t1 = first_time(model, steps)
         b = x_T.shape[0]
         tally = CostTally(b)
         with torch.no_grad():
-            norm0, sharp0 = self.sharpness(model, x_T, cond, tally, np.arange(b))
+            norm0, sharp0 = self.sharpness(model, x_T, cond, tally, np.arange(b), t1=t1)
             # Candidates are drawn for every row so that a row's draws do not depend on the others.
             extra = [torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype, device=x_T.device)
                      for _ in range(self.n_candidates - 1)]
@@ -116,7 +117,7 @@ class SAIL(Mitigation):
             first_obj = best_obj.clone()
             for cand in extra if idx.size else []:
                 z = cand[sel]
-                obj = self.objective(self.sharpness(model, z, c, tally, idx)[1], z, scale)
+                obj = self.objective(self.sharpness(model, z, c, tally, idx, t1=t1)[1], z, scale)
                 better = obj < best_obj
                 best_z[better] = z[better]
                 best_obj = torch.where(better, obj, best_obj)
@@ -128,7 +129,7 @@ class SAIL(Mitigation):
                 grad_step = k <= self.opt_steps  # the last evaluation only scores the final iterate
                 with torch.enable_grad():
                     zg = z.clone().requires_grad_(grad_step)
-                    obj = self.objective(self.sharpness(model, zg, c, tally, idx, backward=grad_step)[1], zg, scale)
+                    obj = self.objective(self.sharpness(model, zg, c, tally, idx, backward=grad_step, t1=t1)[1], zg, scale)
                     better = obj.detach() < best_obj
                     best_z[better] = z[better]
                     best_obj = torch.where(better, obj.detach(), best_obj)
@@ -142,7 +143,6 @@ class SAIL(Mitigation):
         noise[sel] = best_z
         with torch.no_grad():
             res = sample_ddim(model, noise, steps=steps, cond=cond, guidance=guidance, clip=clip)
-        per_call = 1 if guidance in (0.0, 1.0) else 2
         dim = x_T[0].numel()
 
         def full(values: torch.Tensor, fill: torch.Tensor) -> np.ndarray:
@@ -152,7 +152,7 @@ class SAIL(Mitigation):
 
         obj0 = self.objective(sharp0, x_T, sharp0.clamp_min(1e-12)).detach()
         return MitigationResult(
-            samples=res.x0, noise=noise, nfe=tally.nfe + per_call * (steps + 1), nbe=tally.nbe,
+            samples=res.x0, noise=noise, nfe=tally.nfe + sample_evals(model, steps, guidance), nbe=tally.nbe,
             diagnostics={"flagged": flagged.astype(float), "guidance_norm_initial": norm0.double().cpu().numpy(),
                          "objective_initial": full(first_obj, obj0), "objective_selected": full(selected_obj, obj0),
                          "objective_final": full(best_obj, obj0),
@@ -204,32 +204,32 @@ class InitialNoiseAdjustment(Mitigation):
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
         check_inputs(model, cond, x_T, steps)
+        t1 = first_time(model, steps)
         b = x_T.shape[0]
         tally = CostTally(b)
         shape = (-1,) + (1,) * (x_T.ndim - 1)
         if self.mode == "per_sample":
             def loss(z: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-                return row_norm(tally.noise_difference(model, z, 1.0, cond[torch.as_tensor(idx)], idx))
+                return row_norm(tally.noise_difference(model, z, t1, cond[torch.as_tensor(idx)], idx))
 
             z, first, last, updates, backprops = adam_minimise_rows(x_T, loss, iters=self.iters, lr=self.lr,
                                                                    target=self.target)
             tally.nbe += 2 * backprops
             with torch.no_grad():
                 res = sample_ddim(model, z, steps=steps, cond=cond, guidance=guidance, clip=clip)
-            per_call = 1 if guidance in (0.0, 1.0) else 2
-            samples, nfe = res.x0, tally.nfe + per_call * (steps + 1)
+                samples, nfe = res.x0, tally.nfe + sample_evals(model, steps, guidance)
             diag = {"norm_initial": first, "norm_last": last, "updates": updates.astype(float)}
         else:
             z = x_T.clone()
             first = None
             with torch.no_grad():
                 for _ in range(self.iters):
-                    d = tally.noise_difference(model, z, 1.0, cond)
+                    d = tally.noise_difference(model, z, t1, cond)
                     if first is None:
                         first = row_norm(d).double().cpu().numpy()
                     u = d / row_norm(d).clamp_min(1e-12).reshape(shape)
                     root_d = math.sqrt(z[0].numel())
-                    g = tally.noise_difference(model, z + self.rho * root_d * u, 1.0, cond) - d
+                    g = tally.noise_difference(model, z + self.rho * root_d * u, t1, cond) - d
                     z = z - self.gamma * root_d * g / row_norm(g).clamp_min(1e-30).reshape(shape)
             samples, norms, _ = sample_guided(model, z, cond, tally, steps=steps, guidance=guidance,
                                               switch_step=np.full(b, self.delay_steps), pre_guidance=0.0, clip=clip)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from memgeo.memorization.mitigation_base import (
-    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_count, check_inputs, check_positive, row_norm,
+    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_count, check_inputs, check_positive,
+    first_time, row_norm, sample_evals,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -40,11 +41,12 @@ class PromptEmbeddingOptimisation(Mitigation):
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
         check_inputs(model, cond, x_T, steps)
+        t1 = first_time(model, steps)
         b = x_T.shape[0]
         tally = CostTally(b)
 
         def loss(e: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-            return row_norm(tally.noise_difference(model, x_T[torch.as_tensor(idx)], 1.0, e, idx)) ** 2
+            return row_norm(tally.noise_difference(model, x_T[torch.as_tensor(idx)], t1, e, idx)) ** 2
 
         new_cond, first, last, updates, backprops = adam_minimise_rows(cond, loss, iters=self.opt_steps, lr=self.lr,
                                                                       target=None if self.target is None
@@ -52,9 +54,9 @@ class PromptEmbeddingOptimisation(Mitigation):
         tally.nbe += 2 * backprops
         with torch.no_grad():
             res = sample_ddim(model, x_T, steps=steps, cond=new_cond, guidance=guidance, clip=clip)
-        per_call = 1 if guidance in (0.0, 1.0) else 2
         change = row_norm(new_cond - cond) / row_norm(cond).clamp_min(1e-12)
-        return MitigationResult(samples=res.x0, noise=x_T.clone(), nfe=tally.nfe + per_call * (steps + 1),
+        return MitigationResult(samples=res.x0, noise=x_T.clone(),
+                                nfe=tally.nfe + sample_evals(model, steps, guidance),
                                 nbe=tally.nbe,
                                 diagnostics={"norm_initial": np.sqrt(first), "norm_last": np.sqrt(last),
                                              "updates": updates.astype(float),

@@ -26,29 +26,36 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgeo.errors import MemgeoError, build_registered
+from memgeo.errors import MemgeoError, build_registered, check_choice
 from memgeo.models.base import DiffusionModel, as_time, model_dtype
 from memgeo.models.counting import CountingModel
-from memgeo.models.sampling import time_grid
+from memgeo.models.sampling import SamplingGrid, model_grid
 
 
 class SamplingSettings(BaseModel):
-    """The sampler the scores look at: DDIM on ``time_grid(steps, t_max, t_min)`` with CFG weight ``guidance``.
+    """The sampler the scores look at: guided DDIM with CFG weight ``guidance`` on the model's grid.
 
-    "Step one" of every first-step score is the network evaluation at ``t_max`` on the initial noise.
+    "Step k" is the k-th network evaluation of that sampler: on a pipeline folder the scheduler's
+    own ``timesteps[k]`` after ``set_timesteps(steps)`` (SD 1.x, 50 DDIM steps: 981, 961, ...), on
+    memgeo's own models the uniform continuous grid from t = 1. An explicit ``t_max`` replaces the
+    model's grid by memgeo's uniform grid from ``t_max`` to ``t_min`` (``--t-first``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     steps: int = Field(50, ge=1)
     guidance: float = 3.0
-    t_max: float = Field(1.0, gt=0, le=1)
+    t_max: float | None = Field(None, gt=0, le=1)
     t_min: float = Field(1e-3, gt=0, lt=1)
     clip: tuple[float, float] | None = None
 
-    def grid(self) -> torch.Tensor:
-        """Decreasing times, shape (steps + 1,), float64."""
-        return time_grid(self.steps, self.t_max, self.t_min)
+    def grid(self, model: DiffusionModel) -> SamplingGrid:
+        """The grid of this sampler on ``model`` (:func:`memgeo.models.sampling.model_grid`)."""
+        return model_grid(model, self.steps, self.t_max, self.t_min)
+
+    def first_time(self, model: DiffusionModel) -> float:
+        """memgeo time of step one (the first network evaluation)."""
+        return float(self.grid(model).ts[0])
 
 
 @dataclass
@@ -222,6 +229,55 @@ def generation_noise(model: DiffusionModel, seeds: Sequence[int], n: int) -> tor
     out = [torch.randn((n,) + tuple(model.data_shape), generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
            for s in seeds]
     return torch.stack(out)
+
+
+#: How a score reads a v-prediction or flow model: "eps" converts every output to the noise prediction
+#: (memgeo's default for epsilon and v models), "native" uses the network's own output as the published
+#: code does (docs/paper_conventions.md), "auto" is "native" for flow models and "eps" otherwise.
+V_CONVENTIONS = ("auto", "eps", "native")
+
+
+def resolve_convention(model: DiffusionModel, convention: str) -> str:
+    """``"eps"`` or ``"native"`` for this model (see :data:`V_CONVENTIONS`)."""
+    check_choice(convention, V_CONVENTIONS, "v convention")
+    if convention == "auto":
+        return "native" if model.prediction_type == "flow" else "eps"
+    return convention
+
+
+def check_eps_readable(model: DiffusionModel, t: float, convention: str,
+                       fix: str = "use --v-convention native (the default for flow models)") -> None:
+    """Refuse eps-based scores where eps carries no information about the prompt (flow models at sigma = 1)."""
+    if convention == "eps" and model.prediction_type == "flow" and float(
+            model.schedule.sqrt_alpha_bar(torch.tensor(t, dtype=torch.float64))) == 0.0:
+        raise MemgeoError("at the first flow-matching step (sigma = 1) eps = x and the score is -x for every prompt, "
+                          "so eps-based scores cannot see the prompt", fix)
+
+
+def to_native(model: DiffusionModel, t: float, eps: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The network's own output from (eps, x0) at time t (linear, so it maps differences too), same shape.
+
+    epsilon: eps; v_prediction: v = psi eps - sigma x0; flow: u = eps - x0; sample: x0.
+    """
+    kind = model.prediction_type
+    if kind == "v_prediction":
+        tt = torch.tensor(t, dtype=torch.float64)
+        psi, sigma = float(model.schedule.sqrt_alpha_bar(tt)), float(model.schedule.sigma(tt))
+        return psi * eps - sigma * x0
+    if kind == "flow":
+        return eps - x0
+    if kind == "sample":
+        return x0
+    return eps
+
+
+def denoise_pair(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eps_c, eps_u, x0_c, x0_u) from one batched call on 2R rows; 2 forward evaluations per row."""
+    e, x0 = model.denoise(torch.cat([x, x]), t, torch.cat([cond, model.null_cond(cond)]))
+    e_c, e_u = e.chunk(2)
+    x0_c, x0_u = x0.chunk(2)
+    return e_c, e_u, x0_c, x0_u
 
 
 def eps_pair(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor
