@@ -16,6 +16,18 @@ import typer
 from memgeo.cli.common import Out, Seed, app, load_config
 from memgeo.errors import MemgeoError
 
+MODEL_HELP = ("memgeo checkpoint folder (label or caption model), diffusers pipeline folder (SD 1.x/2.x, SDXL, "
+              "SD3), empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")
+PROMPT_RULE = ("Prompt models only. One prompt conditions every row; several are paired with the rows in order "
+               "(row i gets prompt i: give exactly one per row); none means the empty prompt.")
+Prompt = Annotated[list[str], typer.Option("--prompt", help="A prompt (repeat the option for several). " + PROMPT_RULE)]
+PromptFile = Annotated[Path, typer.Option("--prompt-file", help="Prompt file (.txt one per line, .jsonl, .csv) "
+                                                                 "instead of --prompt; same pairing rule.")]
+
+
+def _prompt_options(prompt: list[str] | None, prompt_file: Path | None) -> dict[str, object]:
+    return {"prompts": tuple(prompt) if prompt else None, "prompt_file": str(prompt_file) if prompt_file else None}
+
 
 @app.command()
 def demo(
@@ -75,9 +87,11 @@ def train_cmd(
 
 @app.command()
 def sample(
-    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
     cond: Annotated[int, typer.Option(help="Class to condition on (default: unconditional).")] = None,
+    prompt: Prompt = None,
+    prompt_file: PromptFile = None,
     sampler: Annotated[str, typer.Option(help="ddim or ddpm.")] = "ddim",
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 100,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight.")] = 1.0,
@@ -85,22 +99,28 @@ def sample(
     seed: Seed = 0,
     out: Out = Path("runs/samples"),
 ) -> None:
-    """Generate samples from a model (and label copies of the training data)."""
+    """Generate samples from a model (and label copies of the training data).
+
+    Writes samples.npy in the model's space (latents for a pipeline with a VAE, which also gets images.npy).
+    """
     from memgeo.workflows.commands import SampleRunConfig, run_sample
 
     cfg = load_config(None, SampleRunConfig, dict(model=model, n=n, cond=cond, sampler=sampler, steps=steps,
-                                                   guidance=guidance, train_data=train_data, seed=seed))
+                                                   guidance=guidance, train_data=train_data, seed=seed,
+                                                   **_prompt_options(prompt, prompt_file)))
     typer.echo(json.dumps(run_sample(cfg, out)))
 
 
 @app.command()
 def sharpness(
-    model: Annotated[str, typer.Option(help="Checkpoint folder, empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
     t: Annotated[float, typer.Option("--t", help="Diffusion time in (0, 1].")] = None,
     sigma: Annotated[float, typer.Option("--sigma", help="Noise scale (instead of --t).")] = None,
     cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
     labels: Annotated[Path, typer.Option(help=".npy of one class per point (instead of --cond).")] = None,
+    prompt: Prompt = None,
+    prompt_file: PromptFile = None,
     at: Annotated[str, typer.Option(help="scaled (psi_t x, default) or raw (x as given).")] = "scaled",
     out: Out = Path("runs/sharpness"),
 ) -> None:
@@ -108,7 +128,8 @@ def sharpness(
     from memgeo.workflows.commands import SharpnessRunConfig, run_sharpness
 
     cfg = load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
-                                                      labels=str(labels) if labels else None, at=at))
+                                                      labels=str(labels) if labels else None, at=at,
+                                                      **_prompt_options(prompt, prompt_file)))
     typer.echo(json.dumps(run_sharpness(cfg, out)))
 
 
@@ -126,13 +147,15 @@ def lid(
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
     estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need --model); cfdm, lpca, mle, "
                                                 "twonn (need --data).")] = "flipd",
-    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC (model-based estimators).")] = None,
+    model: Annotated[str, typer.Option(help="Model-based estimators: " + MODEL_HELP)] = None,
     data: Annotated[str, typer.Option(help="Reference data, TRAIN.npy or a data SPEC (model-free estimators).")] = None,
     t0: Annotated[str, typer.Option(help="Diffusion time of FLIPD-type estimators, or 'auto'.")] = None,
     trace: Annotated[str, typer.Option(help="exact, hutchinson or hutch++ (FLIPD).")] = None,
     n_probes: Annotated[int, typer.Option(help="Probe vectors of a stochastic trace.")] = None,
     k: Annotated[int, typer.Option(help="Neighbours of model-free estimators.")] = None,
     cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
+    prompt: Prompt = None,
+    prompt_file: PromptFile = None,
     out: Out = Path("runs/lid"),
 ) -> None:
     """Local intrinsic dimension of each point; writes lid.json (list `lid` in point order) and lid.csv."""
@@ -140,18 +163,21 @@ def lid(
 
     params = {"t0": _t0(t0), "trace": trace, "n_probes": n_probes, "k": k}
     cfg = load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
-                                                params={a: b for a, b in params.items() if b is not None}, cond=cond))
+                                                params={a: b for a, b in params.items() if b is not None}, cond=cond,
+                                                **_prompt_options(prompt, prompt_file)))
     typer.echo(json.dumps(run_lid(cfg, out)))
 
 
 @app.command()
 def audit(
-    model: Annotated[str, typer.Option(help="Checkpoint folder or model SPEC.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy of generated samples.")],
     train_data: Annotated[str, typer.Option(help="Training data (labels copies; default reference).")] = None,
     reference: Annotated[str, typer.Option(help="Data for LID_data if not the training data.")] = None,
     labels: Annotated[Path, typer.Option(help=".npy of one class per point (conditional models).")] = None,
     cond: Annotated[int, typer.Option(help="Class for every point.")] = None,
+    prompt: Prompt = None,
+    prompt_file: PromptFile = None,
     t0: Annotated[float, typer.Option(help="FLIPD time for LID_model.")] = 0.05,
     sharpness_t: Annotated[float, typer.Option(help="Time of the sharpness spectrum.")] = 0.1,
     lid_data: Annotated[str, typer.Option(help="Model-free LID_data estimator: lpca, mle, twonn, cfdm.")] = "lpca",
@@ -165,7 +191,7 @@ def audit(
     cfg = load_config(None, AuditConfig, dict(
         model=model, points=str(points), train_data=train_data, reference=reference,
         labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
-        model_low=model_low, data_low=data_low))
+        model_low=model_low, data_low=data_low, **_prompt_options(prompt, prompt_file)))
     summary = run_audit(cfg, out)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "detection"}))
 

@@ -2,6 +2,8 @@
 
 Each takes a frozen, validated config and an output folder, writes results (JSON + CSV), figures,
 ``config.json``, ``provenance.json`` and a self-contained ``report.html``, and returns a summary.
+Models are loaded by :func:`memgeo.models.load` (any kind); :func:`model_conditions` turns the
+condition options (class labels or prompts) into the ``cond`` tensor.
 """
 
 from __future__ import annotations
@@ -13,17 +15,72 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgeo.data import load_dataset, load_points, replace_class_with_copies
+from memgeo.data import load_dataset, load_points, load_prompts, replace_class_with_copies
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum
 from memgeo.geometry.jacobian import check_points
 from memgeo.geometry.sharpness import resolve_time
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization import label_copies
-from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load_model_spec, train
-from memgeo.models.base import model_dtype
+from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load, train
+from memgeo.models.base import DiffusionModel, model_dtype
+from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report, image_grid, scatter_plot, spectra_plot
 from memgeo.workflows.common import figure_to_report, point_conditions, say, start_run
+
+
+# ------------------------------------------------------------------------------------------- conditions
+ENCODE_BATCH = 64
+
+
+def read_prompt_options(prompts: tuple[str, ...] | list[str] | None, prompt_file: str | None) -> list[str] | None:
+    """The prompts given by ``--prompt`` (repeatable) or ``--prompt-file``; ``None`` when neither."""
+    if prompts and prompt_file:
+        raise MemgeoError("both --prompt and --prompt-file were given", "use one of them")
+    if prompt_file:
+        return [entry.prompt for entry in load_prompts(prompt_file)]
+    return list(prompts) if prompts else None
+
+
+def encode_prompts(model: PromptDiffusionModel, prompts: list[str]) -> torch.Tensor:
+    """Conditions (len(prompts), L, E) in the model's dtype; each distinct prompt is encoded once."""
+    unique = list(dict.fromkeys(prompts))
+    with torch.no_grad():
+        enc = torch.cat([model.encode(unique[i:i + ENCODE_BATCH]) for i in range(0, len(unique), ENCODE_BATCH)])
+    where = {p: i for i, p in enumerate(unique)}
+    return enc[torch.tensor([where[p] for p in prompts])].to(model_dtype(model))
+
+
+def model_conditions(model: DiffusionModel, n: int, *, cond: int | None = None, labels: str | None = None,
+                     prompts: tuple[str, ...] | list[str] | None = None,
+                     prompt_file: str | None = None) -> tuple[torch.Tensor | None, list[str] | None]:
+    """The condition of ``n`` rows from the command's options, validated against the model.
+
+    Label models: ``--cond`` / ``--labels`` as :func:`~memgeo.workflows.common.point_conditions`,
+    a (n,) tensor. Prompt models: a (n, L, E) tensor from ``--prompt`` (repeatable) or
+    ``--prompt-file``: one prompt conditions every row; several are paired with the rows in order
+    (row i gets prompt i, so exactly n are needed); none is the empty prompt. Returns ``(cond, row_prompts)``: ``row_prompts`` is the prompt of each row (``None``
+    for label models or when no prompt was given, both meaning ``cond=None`` is the null condition).
+    """
+    given = read_prompt_options(prompts, prompt_file)
+    if not isinstance(model, PromptDiffusionModel):
+        if given is not None:
+            raise MemgeoError(f"--prompt/--prompt-file given but {type(model).__name__} is not conditioned on prompts",
+                              "drop them (use --cond/--labels for class labels) or pass a prompt model")
+        return point_conditions(model, n, cond, labels), None
+    if cond is not None or labels is not None:
+        raise MemgeoError("--cond/--labels are class labels but the model is conditioned on prompts",
+                          "pass --prompt TEXT or --prompt-file FILE instead")
+    if given is None:
+        return None, None
+    if len(given) == 1:
+        row_prompts = given * n
+    elif len(given) == n:
+        row_prompts = given
+    else:
+        raise MemgeoError(f"{len(given)} prompts for {n} rows",
+                          "give one prompt for all rows or exactly one per row (row i gets prompt i)")
+    return encode_prompts(model, row_prompts), row_prompts
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -92,13 +149,15 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- sample
 class SampleRunConfig(BaseModel):
-    """``memgeo sample``: how many generations, of which class, with which sampler."""
+    """``memgeo sample``: how many generations, of which class or prompt(s), with which sampler."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
     n: int = Field(64, ge=1)
     cond: int | None = None
+    prompts: tuple[str, ...] = ()
+    prompt_file: str | None = None
     sampler: str = "ddim"
     steps: int = Field(100, ge=1)
     guidance: float = 1.0
@@ -108,34 +167,58 @@ class SampleRunConfig(BaseModel):
     seed: int = 0
 
 
+DECODE_BATCH = 16
+
+
+def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor | None:
+    """Images (B, C, H, W) in [-1, 1] decoded by the model's VAE, or ``None`` when it has none."""
+    if getattr(model, "vae", None) is None or not hasattr(model, "decode"):
+        return None
+    with torch.no_grad():
+        parts = [model.decode(latents[i:i + DECODE_BATCH]) for i in range(0, latents.shape[0], DECODE_BATCH)]
+    return torch.cat(parts).clamp(-1, 1).float().cpu()
+
+
 def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
-    """Generate samples (``samples.npy`` (n, *data_shape)) and, with ``train_data``, label copies."""
-    model = load_model_spec(cfg.model)
+    """Generate samples and, with ``train_data``, label copies.
+
+    Writes ``samples.npy`` (n, *data_shape): the model's own space, latents for a pipeline with a
+    VAE, which also gets ``images.npy`` (n, C, H, W) in [-1, 1] (the decoded latents; copies are
+    then labelled on the images). Samples are clipped to [-1, 1] at every step (``clip``) only in
+    pixel space. ``samples.csv`` has one row per sample (with its prompt for prompt models).
+    """
+    model = load(cfg.model, fused_attention=True)  # sampling needs no second-order gradients
     sampler = get_sampler(cfg.sampler)
-    cond = point_conditions(model, cfg.n, cfg.cond)
+    cond, row_prompts = model_conditions(model, cfg.n, cond=cfg.cond, prompts=cfg.prompts,
+                                         prompt_file=cfg.prompt_file)
+    latent = getattr(model, "vae", None) is not None
     out = start_run(out, cfg, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
     noise = torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen).to(model_dtype(model))
-    res = sampler(model, noise, steps=cfg.steps, cond=cond,
-                  guidance=cfg.guidance, clip=(-1.0, 1.0) if cfg.clip else None, generator=gen, progress=True)
-    x0 = res.x0
+    res = sampler(model, noise, steps=cfg.steps, cond=cond, guidance=cfg.guidance,
+                  clip=(-1.0, 1.0) if cfg.clip and not latent else None, generator=gen, progress=True)
+    x0 = res.x0.float().cpu()
     write_npy(out / "samples.npy", x0.numpy())
-    rows: list[dict[str, Any]] = [{"sample": i, "cond": cfg.cond} for i in range(cfg.n)]
-    summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1}
+    images = decode_latents(model, res.x0) if latent else x0
+    if latent:
+        write_npy(out / "images.npy", images.numpy())
+    rows: list[dict[str, Any]] = [{"sample": i, "cond": cfg.cond} if row_prompts is None else
+                                  {"sample": i, "prompt": row_prompts[i]} for i in range(cfg.n)]
+    summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1, "latent": latent}
     report = Report("memgeo sample", subtitle=cfg.model)
     is_copy = None
     if cfg.train_data:
         train_ds = load_dataset(cfg.train_data)
-        labels = label_copies(x0, train_ds.x, criterion=cfg.copy_criterion)
+        labels = label_copies(images, train_ds.x, criterion=cfg.copy_criterion)
         is_copy = labels.is_copy
         rows = [{**r, **{k: v for k, v in lr.items() if k != "sample"}} for r, lr in zip(rows, labels.to_rows())]
         summary["copies"] = labels.summary()
     write_csv(out / "samples.csv", rows)
     write_json(out / "summary.json", summary)
     report.add_metrics(summary, heading="Summary")
-    if len(model.data_shape) == 3:
-        figure_to_report(report, image_grid(x0[:64].numpy(), highlight=None if is_copy is None else is_copy[:64],
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        figure_to_report(report, image_grid(images[:64].numpy(), highlight=None if is_copy is None else is_copy[:64],
                                             title="Samples" + (" (red: copy)" if is_copy is not None else "")),
                          out / "figures" / "samples.png", heading="Samples")
     report.add_table(rows, heading="Per-sample")
@@ -148,8 +231,8 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
 class SharpnessRunConfig(BaseModel):
     """``memgeo sharpness``: model SPEC, points file and noise level (exactly one of t, sigma).
 
-    Both exclusive pairs (t / sigma, cond / labels) are checked where they are used, by
-    :func:`resolve_time` and :func:`point_conditions`, before the output folder is created.
+    Both exclusive pairs (t / sigma, cond / labels) and the prompts are checked where they are used,
+    by :func:`resolve_time` and :func:`model_conditions`, before the output folder is created.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -160,6 +243,8 @@ class SharpnessRunConfig(BaseModel):
     sigma: float | None = None
     cond: int | None = None
     labels: str | None = None
+    prompts: tuple[str, ...] = ()
+    prompt_file: str | None = None
     at: Literal["scaled", "raw"] = "scaled"
     chunk_size: int = Field(32, ge=1)
 
@@ -171,11 +256,12 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     order) ``eigenvalues_sigma2`` (sorted ascending), ``n_positive``, ``n_flat``, ``sharpness`` and
     ``asymmetry``.
     """
-    model = load_model_spec(cfg.model)
+    model = load(cfg.model)
     t = resolve_time(model, cfg.t, cfg.sigma)
     pts = load_points(cfg.points)
     check_points(model, pts)  # wrong dimension fails here, before the output folder exists
-    cond = point_conditions(model, pts.shape[0], cfg.cond, cfg.labels)
+    cond, _ = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
+                               prompt_file=cfg.prompt_file)
     out = start_run(out, cfg, None)
     say(f"sharpness of {pts.shape[0]} points at t={t:.4f} with {cfg.model}")
     res = sharpness_spectrum(model, pts.to(model_dtype(model)), t, cond=cond, at=cfg.at,

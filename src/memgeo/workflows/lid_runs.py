@@ -1,4 +1,8 @@
-"""Library functions behind ``memgeo lid`` and ``memgeo audit``."""
+"""Library functions behind ``memgeo lid`` and ``memgeo audit``.
+
+Models are loaded by :func:`memgeo.models.load` (any kind); conditions come from
+:func:`memgeo.workflows.commands.model_conditions` (class labels, or prompts for prompt models).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,11 @@ from memgeo.geometry.lid import LID_ESTIMATORS, LIDEstimator, get_lid_estimator
 from memgeo.io import write_csv, write_json
 from memgeo.memorization import label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
-from memgeo.models import load_model_spec
+from memgeo.models import load
 from memgeo.models.base import DiffusionModel, model_dtype
 from memgeo.report import Report, scatter_plot, score_histogram
-from memgeo.workflows.common import evaluate_or_reason, figure_to_report, point_conditions, say, start_run
+from memgeo.workflows.commands import model_conditions
+from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
 
 
 class LIDRunConfig(BaseModel):
@@ -35,6 +40,8 @@ class LIDRunConfig(BaseModel):
     data: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     cond: int | None = None
+    prompts: tuple[str, ...] = ()
+    prompt_file: str | None = None
 
     @model_validator(mode="after")
     def _source(self) -> "LIDRunConfig":
@@ -46,6 +53,9 @@ class LIDRunConfig(BaseModel):
             raise MemgeoError(f"estimator {self.estimator!r} needs --model", "pass a checkpoint folder or model SPEC")
         if not needs_model and self.data is None:
             raise MemgeoError(f"estimator {self.estimator!r} is model-free and needs --data", "pass TRAIN.npy or a data SPEC")
+        if not needs_model and (self.prompts or self.prompt_file):
+            raise MemgeoError(f"estimator {self.estimator!r} is model-free: prompts condition nothing",
+                              "drop --prompt/--prompt-file or use a model-based estimator")
         return self
 
 
@@ -89,13 +99,14 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
     pts = load_points(cfg.points)
     est = build_estimator(cfg.estimator, cfg.params)
-    model = load_model_spec(cfg.model) if cfg.model else None
+    model = load(cfg.model) if cfg.model else None
     reference = _data_tensor(cfg.data) if cfg.data else None
     if model is not None:
         check_points(model, pts)
     elif reference is not None and reference.reshape(reference.shape[0], -1).shape[1] != pts.reshape(pts.shape[0], -1).shape[1]:
         raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
-    cond = point_conditions(model, pts.shape[0], cfg.cond) if model is not None else None
+    cond = (model_conditions(model, pts.shape[0], cond=cfg.cond, prompts=cfg.prompts, prompt_file=cfg.prompt_file)[0]
+            if model is not None else None)
     out = start_run(out, cfg, None)
     say(f"LID ({est!r}) of {pts.shape[0]} points")
     lid = estimate_lid(est, pts, model=model, reference=reference, cond=cond)
@@ -126,6 +137,8 @@ class AuditConfig(BaseModel):
     reference: str | None = None
     labels: str | None = None
     cond: int | None = None
+    prompts: tuple[str, ...] = ()
+    prompt_file: str | None = None
     t0: float = 0.05
     sharpness_t: float = 0.1
     lid_data: str = "lpca"
@@ -137,14 +150,15 @@ class AuditConfig(BaseModel):
 def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
     (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report."""
-    model = load_model_spec(cfg.model)
+    model = load(cfg.model)
     pts = load_points(cfg.points)
     check_points(model, pts)
     ref_spec = cfg.reference or cfg.train_data
     if ref_spec is None:
         raise MemgeoError("audit needs data for LID_data", "pass --train-data and/or --reference")
     reference = _data_tensor(ref_spec)
-    cond = point_conditions(model, pts.shape[0], cfg.cond, cfg.labels)
+    cond, row_prompts = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
+                                         prompt_file=cfg.prompt_file)
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)
     if data_est.needs_model:
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
@@ -157,7 +171,8 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     typical = reference_typical_lid(data_est, reference)
     audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low,
                                                          typical=typical))
-    rows = [{"index": i, "sharpness": float(sharp.sharpness[i]), "n_flat": int(sharp.n_flat[i]), **r}
+    rows = [{"index": i, **({} if row_prompts is None else {"prompt": row_prompts[i]}),
+             "sharpness": float(sharp.sharpness[i]), "n_flat": int(sharp.n_flat[i]), **r}
             for i, r in enumerate(audit.to_rows())]
     summary: dict[str, Any] = {"n": len(rows), "mmh": audit.summary(), "t0": cfg.t0, "sharpness_t": cfg.sharpness_t,
                                "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical}
