@@ -140,6 +140,29 @@ def test_pipeline_folders_by_class_name(files, tmp_path, monkeypatch):
     assert calls[1][0] == "DiffusersFlowModel" and calls[1][2] == {"device": "cpu", "fused_attention": True}
 
 
+@pytest.mark.parametrize("kind", ["sdxl", "sd3"])
+def test_real_sdxl_and_sd3_folders(kind, files, run_cli, tmp_path):
+    """The tiny SDXL / SD3 folders load as their adapters, in the dtype asked, and run the CLI with a prompt."""
+    if kind == "sdxl":
+        from memgeo.models.pipeline_sdxl import DiffusersSDXLModel as cls
+        from memgeo.models.pipeline_sdxl import build_tiny_sdxl_pipeline as build
+    else:
+        from memgeo.models.pipeline_flow import DiffusersFlowModel as cls
+        from memgeo.models.pipeline_flow import build_tiny_flow_pipeline as build
+    folder = build(tmp_path / kind)
+    model = load(folder)
+    assert type(model) is cls and model.data_shape == (1, 8, 8)
+    assert {p.dtype for p in load(folder, dtype="float64").parameters()} == {torch.float64}
+    pts = files.dir / "pipe_points.npy"
+    want, _ = _reference(model, torch.as_tensor(np.load(pts)), [PROMPTS[0]] * 2, 0.3)
+    code, _, err = run_cli("sharpness", "--model", folder, "--points", pts, "--t", "0.3", "--prompt", PROMPTS[0],
+                           "--out", tmp_path / "s")
+    assert code == 0, err
+    got = json.loads((tmp_path / "s" / "sharpness.json").read_text())["points"]
+    torch.testing.assert_close(torch.tensor([p["eigenvalues_sigma2"] for p in got], dtype=torch.float64), want,
+                               rtol=1e-3, atol=1e-4)
+
+
 def test_pipeline_adapter_rules():
     sd = {"unet": ["diffusers", "U"], "text_encoder": ["transformers", "T"], "tokenizer": ["transformers", "K"],
           "scheduler": ["diffusers", "S"], "vae": [None, None], "safety_checker": ["x", "y"]}
