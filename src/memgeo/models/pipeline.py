@@ -247,6 +247,19 @@ class DiffusersPromptModel(PromptDiffusionModel):
         with self._attention():
             return self.unet(x, self.schedule.timestep(tt), encoder_hidden_states=cond.to(x.dtype)).sample
 
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) from one UNet call, each converted directly from the raw output (no round trip)."""
+        out = self._unet_output(x, t, cond)
+        tt = as_time(t, x.shape[0], x)
+        psi = expand_like(self.schedule.sqrt_alpha_bar(tt), x)
+        sigma = expand_like(self.schedule.sigma(tt), x)
+        if self.prediction_type == "v_prediction":
+            return psi * out + sigma * x, psi * x - sigma * out
+        if self.prediction_type == "sample":
+            return (x - psi * out) / sigma, out
+        return out, (x - sigma * out) / psi
+
     def eps(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         out = self._unet_output(x, t, cond)
         tt = as_time(t, x.shape[0], x)

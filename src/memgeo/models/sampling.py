@@ -33,7 +33,8 @@ from memgeo.models.base import DiffusionModel
 
 #: The callback receives one dict per network evaluation with these keys:
 #: ``step`` (int k), ``t`` (float), ``t_next`` (float or None at the final denoise), ``x`` (B, *shape) the
-#: point evaluated, ``eps_cond`` / ``eps_uncond`` (None unless both branches were evaluated), ``eps`` and
+#: point evaluated, ``eps_cond`` / ``eps_uncond`` and ``x0_cond`` / ``x0_uncond`` (None unless both branches
+#: were evaluated), ``eps`` and
 #: ``x0`` (the guided, clipped predictions used for the update), ``x_next`` (None at the final denoise)
 #: and ``forward_evals`` (network evaluations per row spent at this step, 1 or 2).
 StepCallback = Callable[[dict[str, Any]], None]
@@ -254,7 +255,8 @@ def sample(model: DiffusionModel, x: torch.Tensor, *, steps: int | None = None, 
             e_c, x0_c, e_u, x0_u = _predict(model, x, t, None if fixed_w == 0.0 else cond, False)
         t_next = None if final else grid.target(k)
         info: dict[str, Any] = {"step": k, "t": t, "t_next": t_next, "x": x,
-                                "eps_cond": e_c if pair else None, "eps_uncond": e_u, "forward_evals": 2 if pair else 1}
+                                "eps_cond": e_c if pair else None, "eps_uncond": e_u,
+                                "x0_cond": x0_c if pair else None, "x0_uncond": x0_u, "forward_evals": 2 if pair else 1}
         if pair:
             w = _weight(guidance(info) if fixed_w is None else fixed_w, x)
             eps, x0 = e_u + w * (e_c - e_u), x0_u + w * (x0_c - x0_u)

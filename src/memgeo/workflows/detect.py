@@ -28,7 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from memgeo.data.prompts import PromptEntry, load_prompts
+from memgeo.data.prompt_sets import prompt_provenance, resolve_prompts
+from memgeo.data.prompts import PromptEntry
 from memgeo.data.registry import load_points
 from memgeo.errors import MemgeoError
 from memgeo.io import write_csv, write_json
@@ -42,7 +43,9 @@ from memgeo.memorization.prompt_scores import (
     get_prompt_score,
     parse_score_names,
 )
-from memgeo.models.prompt import PromptDiffusionModel, load_prompt_model
+from memgeo.memorization.prompt_scores.presets import SEEDINGS, get_preset
+from memgeo.models.loading import load
+from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.prompt_html import add_token_attribution
 from memgeo.report.prompt_plots import cost_vs_auroc, detection_roc, score_histograms
@@ -64,6 +67,8 @@ class DetectConfig(BaseModel):
     score_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generations: int = Field(1, ge=1)
     seed: int = 0
+    seeding: str = "per_prompt"
+    preset: str | None = None
     sampling: SamplingSettings = SamplingSettings()
     labels_from_field: str | None = None
     train_data: str | None = None
@@ -71,6 +76,32 @@ class DetectConfig(BaseModel):
     batch_prompts: int = Field(8, ge=1)
     attribution_score: str | None = "wen"
     attribution_max_prompts: int = Field(40, ge=0)
+
+
+def preset_options(name: str, scores: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
+    """The :class:`DetectConfig` fields a paper preset sets (``scores``: those to configure; default the paper's).
+
+    Returns a dict of dotted field names (``"sampling.steps"``, ``"score_params.wen"``, ...) to values,
+    to be applied under any option given explicitly.
+    """
+    p = get_preset(name)
+    chosen = tuple(scores) if scores else p.scores
+    opts: dict[str, Any] = {"preset": p.name, "scores": list(chosen), "sampling.steps": p.steps,
+                            "sampling.guidance": p.guidance, "sampling.t_max": None, "generations": p.generations,
+                            "seeding": p.seeding, "seed": p.seed}
+    for score, params in p.params_for(chosen).items():
+        opts[f"score_params.{score}"] = params
+    return opts
+
+
+def prompt_seeds(cfg: DetectConfig, entries: list[PromptEntry]) -> list[int]:
+    """Seed of each prompt's noise: "shared" gives every prompt ``cfg.seed`` (the same noise, as Jeon and
+    Asthana do); "per_prompt" the file's ``seed`` field, else ``cfg.seed + i`` (as Wen does)."""
+    if cfg.seeding not in SEEDINGS:
+        raise MemgeoError(f"unknown seeding {cfg.seeding!r}", f"choose one of: {', '.join(SEEDINGS)}")
+    if cfg.seeding == "shared":
+        return [cfg.seed] * len(entries)
+    return [e.seed if e.seed is not None else cfg.seed + i for i, e in enumerate(entries)]
 
 
 def _label_of(entry: PromptEntry, field: str) -> int:
@@ -202,11 +233,14 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
             raise MemgeoError(f"score_params names {name!r}, which is not among the scores", "drop it or add the score")
     for name in scores:
         get_prompt_score(name, **cfg.score_params.get(name, {}))  # validates options before any work
-    entries = load_prompts(cfg.prompts)
+    entries = resolve_prompts(cfg.prompts, prefer="txt")
+    if cfg.labels_from_field is None and entries and all("memorized" in e.extra for e in entries) \
+            and not Path(cfg.prompts).is_file():  # a named benchmark set carries its labels
+        cfg = cfg.model_copy(update={"labels_from_field": "memorized"})
     labels = None if cfg.labels_from_field is None else np.array([_label_of(e, cfg.labels_from_field) for e in entries])
-    seeds = [e.seed if e.seed is not None else cfg.seed + i for i, e in enumerate(entries)]
+    seeds = prompt_seeds(cfg, entries)
     if model is None:
-        model = load_prompt_model(cfg.model)
+        model = load(cfg.model)
     if not isinstance(model, PromptDiffusionModel):
         raise MemgeoError(f"{cfg.model} is not a prompt-conditioned model", "point --model at a caption or pipeline model")
     model.eval()
@@ -284,9 +318,14 @@ def _finish(out: Path, cfg: DetectConfig, model: PromptDiffusionModel, entries: 
                                                 "tpr_at_closest_1pct_fpr", "closest_fpr_used", "n_pos", "n_neg",
                                                 "reason") if k in ev})
         table.append(row)
+    grid = cfg.sampling.grid(model)
     summary: dict[str, Any] = {"n_prompts": n, "generations": g, "scores": list(cfg.scores),
-                               "sampling": cfg.sampling, "labels_from_field": cfg.labels_from_field,
-                               "table": table}
+                               "sampling": cfg.sampling, "preset": cfg.preset, "seeding": cfg.seeding,
+                               "grid": {"source": grid.source, "first_t": float(grid.ts[0]),
+                                        "first_timestep": None if grid.timesteps is None
+                                        else float(grid.timesteps[0])},
+                               "labels_from_field": cfg.labels_from_field,
+                               "prompt_files": prompt_provenance(cfg.prompts, prefer="txt"), "table": table}
     copy_table = None
     if "copies" in records[0]:
         is_copy = np.array([c for rec in records for c in rec["copies"]["is_copy"]], dtype=int)
@@ -334,7 +373,10 @@ def _report(out: Path, cfg: DetectConfig, summary: dict[str, Any], values: dict[
     rep = Report("memgeo detect: prompt-level memorization", subtitle=f"{cfg.model} · {cfg.prompts}")
     rep.add_text(
         f"{summary['n_prompts']} prompts, {cfg.generations} generation(s) each, DDIM with {cfg.sampling.steps} steps, "
-        f"guidance {cfg.sampling.guidance}, first step at t = {cfg.sampling.t_max}. Every score is oriented so that "
+        f"guidance {cfg.sampling.guidance}, first step at t = {summary['grid']['first_t']:.4g}"
+        + (f" (the scheduler's timestep {summary['grid']['first_timestep']:g})"
+           if summary["grid"]["first_timestep"] is not None else "")
+        + (f", preset {cfg.preset}" if cfg.preset else "") + ". Every score is oriented so that "
         "**higher means more likely memorized**; labels are never flipped. Cost = network passes per prompt "
         "(forward evaluations + JVP/VJP passes).", heading="Run")
     cols = ["score", "auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr", "tpr_at_closest_1pct_fpr", "closest_fpr_used",
