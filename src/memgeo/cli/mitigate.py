@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli import Out, load_config, app
+from memgeo.cli.common import Out, app, load_config
 from memgeo.errors import MemgeoError
 
 

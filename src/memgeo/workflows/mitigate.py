@@ -34,7 +34,8 @@ from memgeo.errors import MemgeoError
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copies import COPY_CRITERIA, label_copies
 from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigation
-from memgeo.models.prompt import PromptDiffusionModel, load_prompt_model
+from memgeo.models.loading import load
+from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
 from memgeo.workflows.common import figure_to_report, say, start_run
@@ -95,7 +96,7 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
     prompts = load_prompts(cfg.prompts)
     if cfg.max_prompts is not None:
         prompts = prompts[: cfg.max_prompts]
-    model = load_prompt_model(cfg.model)
+    model = load(cfg.model)
     train = None
     if cfg.train_data is not None:
         train = load_points(cfg.train_data).numpy()

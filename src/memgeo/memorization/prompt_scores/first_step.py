@@ -345,16 +345,25 @@ class Asthana(PromptScore):
 
 @register_prompt_score
 class HessianDiff(PromptScore):
-    """||H_c^T eps_c - H_u^T eps_u|| at the first step (H = score Jacobian; two VJPs, batched)."""
+    """||H_c^T eps_c - H_u^T eps_u|| at the first step (H = score Jacobian; two VJPs, batched).
+
+    ``convention`` as for ``jeon``: with "native" the field is the published v / flow reading
+    (:class:`NativeScoreField`) and eps = -sigma times it.
+    """
 
     name = "hessian_diff"
 
+    def __init__(self, convention: str = "auto") -> None:
+        self.convention = convention
+
     def rows(self, model, cond, x, sampling, cache):
         t = sampling.first_time(model)
-        check_eps_readable(model, t, "eps", "evaluate later: --t-first 0.98")
+        conv = resolve_convention(model, self.convention)
+        check_eps_readable(model, t, conv)
+        field = model if conv == "eps" else NativeScoreField(model)
         r = x.shape[0]
-        xx, cc = _stack_cond_null(model, x, cond)
-        f = flat_score_fn(model, as_time(t, 2 * r, x), cc)
+        xx, cc = _stack_cond_null(field, x, cond)
+        f = flat_score_fn(field, as_time(t, 2 * r, x), cc)
         sigma = sigma_at(model, t)
         with torch.no_grad():
             s, pullback = vjp(f, xx.reshape(2 * r, -1))
@@ -368,19 +377,24 @@ class Sharpness(PromptScore):
     """-mean(lambda sigma^2) of the symmetrised conditional score Jacobian at the first step.
 
     Side output ``n_flat``: eigenvalues with lambda sigma^2 > ``flat_threshold``. Dense Jacobian:
-    one forward and D reverse passes per row.
+    one forward and D reverse passes per row. ``convention`` as for ``jeon`` (on flow models at
+    sigma = 1 the exact score is -x, whose spectrum is the same for every prompt; "auto" reads the
+    velocity field there).
     """
 
     name = "sharpness"
 
-    def __init__(self, flat_threshold: float = FLAT_THRESHOLD, chunk_size: int = 32) -> None:
+    def __init__(self, flat_threshold: float = FLAT_THRESHOLD, chunk_size: int = 32, convention: str = "auto") -> None:
         self.flat_threshold = flat_threshold
         self.chunk_size = chunk_size
+        self.convention = convention
 
     def rows(self, model, cond, x, sampling, cache):
         t = sampling.first_time(model)
-        check_eps_readable(model, t, "eps", "evaluate later: --t-first 0.98")
-        jac = dense_score_jacobian(model, x, t, cond, self.chunk_size)
+        conv = resolve_convention(model, self.convention)
+        check_eps_readable(model, t, conv)
+        field = model if conv == "eps" else NativeScoreField(model)
+        jac = dense_score_jacobian(field, x, t, cond, self.chunk_size)
         sigma = as_time(model.schedule.sigma(torch.tensor(t, dtype=torch.float64)), x.shape[0], jac)
         evals, asym = spectrum_from_jacobian(jac, sigma)
         res = SharpnessResult(t=as_time(t, x.shape[0], jac), sigma=sigma, eigenvalues_sigma2=evals, asymmetry=asym,
