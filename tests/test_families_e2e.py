@@ -97,5 +97,5 @@ def test_mitigate_sail(folders, prompt_file, tmp_path, family):
 def test_flow_eps_convention_is_refused_at_sigma_one(folders, prompt_file, tmp_path, run_cli):
     code, _, err = run_cli("detect", "--model", folders["sd3_flow"], "--prompts", prompt_file, "--scores", "wen",
                            "--v-convention", "eps", "--steps", "4", "--attribution", "none", "--out", tmp_path / "d")
-    assert code == 2 and sum(line.startswith("error:") for line in err.splitlines()) == 1
+    assert code == 2 and err.count("error: ") == 1
     assert "sigma = 1" in err and "native" in err
