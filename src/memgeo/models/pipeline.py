@@ -321,7 +321,7 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False,
     maps (1, 16, 16) images to (4, 8, 8) latents. Text: a 2-layer CLIP encoder (width 32) with a
     letter-level BPE tokenizer (whole-word tokens for :data:`TINY_WORDS`), prompts padded to
     ``max_length``. Scheduler: Stable Diffusion's 1000-step ``scaled_linear`` DDPM schedule, or the
-diffusers scheduler instance given as ``scheduler`` (e.g. SD 1.4's DDIM with ``steps_offset=1``).
+    diffusers scheduler instance given as ``scheduler`` (e.g. SD 1.4's DDIM with ``steps_offset=1``).
 
     Returns
     -------
