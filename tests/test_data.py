@@ -357,8 +357,8 @@ def test_replace_is_seeded(digits: Dataset) -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"cls": 10}, "does not occur"), ({"cls": 1, "fraction": 0.0}, "fraction"), ({"cls": 1, "fraction": 1.5}, "fraction"),
-     ({"cls": 1, "n_copies": 0}, "n_copies"), ({"cls": 1, "source_index": 1797}, "out of range"),
-     ({"cls": 1, "source_index": -1}, "out of range"), ({"cls": 1, "seed": "x"}, "seed")],
+     ({"cls": 1, "n_copies": 0}, "n_copies"), ({"cls": 1, "source_index": 1797}, "source_index"),
+     ({"cls": 1, "source_index": -1}, "source_index"), ({"cls": 1, "seed": "x"}, "seed")],
 )
 def test_replace_errors(digits: Dataset, kwargs: dict, match: str) -> None:
     with pytest.raises(MemgeoError, match=match):
@@ -388,7 +388,7 @@ def test_toy2d() -> None:
     assert make_toy2d(n=10, n_duplicates=0).n == 10
     with pytest.raises(MemgeoError, match="duplicate_point"):
         make_toy2d(duplicate_point=(0.0, 0.0, 1.0))
-    with pytest.raises(MemgeoError, match="n must"):
+    with pytest.raises(MemgeoError, match="n=0 must"):
         make_toy2d(n=0)
 
 

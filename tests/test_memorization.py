@@ -255,7 +255,7 @@ def test_copy_label_errors():
     train = np.random.default_rng(6).standard_normal((10, 4))
     with pytest.raises(MemgeoError, match="unknown copy criterion 'sscd'"):
         label_copies(train[:2], train, "sscd")
-    with pytest.raises(MemgeoError, match="not a positive finite number"):
+    with pytest.raises(MemgeoError, match="threshold=0.0 must be a finite number > 0"):
         label_copies(train[:2], train, threshold=0.0)
     with pytest.raises(MemgeoError, match="1 distinct image"):
         label_copies(train[:2], np.repeat(train[:1], 5, axis=0))

@@ -6,8 +6,10 @@ print it as is (``error: <problem>; <fix>``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from numbers import Integral, Real
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -28,6 +30,80 @@ class MemgeoError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if not fix else f"{problem}; {fix}")
+
+
+def _bounds_text(kind: type, low: float | None, high: float | None, include_min: bool, include_max: bool) -> str:
+    """``"an integer >= 1"``, ``"a finite number in (0, 1]"`` and the like."""
+    what = "an integer" if kind is int else "a finite number"
+    if low is not None and high is not None:
+        return f"{what} in {'[' if include_min else '('}{low}, {high}{']' if include_max else ')'}"
+    if low is not None:
+        return f"{what} {'>=' if include_min else '>'} {low}"
+    if high is not None:
+        return f"{what} {'<=' if include_max else '<'} {high}"
+    return what
+
+
+@overload
+def check_scalar(value: Any, name: str, kind: type[int] = ..., *, min: float | None = ..., max: float | None = ...,
+                 include_min: bool = ..., include_max: bool = ..., allow_none: bool = ..., fix: str | None = ...
+                 ) -> int: ...
+@overload
+def check_scalar(value: Any, name: str, kind: type[float], *, min: float | None = ..., max: float | None = ...,
+                 include_min: bool = ..., include_max: bool = ..., allow_none: bool = ..., fix: str | None = ...
+                 ) -> float: ...
+def check_scalar(value: Any, name: str, kind: type = int, *, min: float | None = None,  # noqa: A002
+                 max: float | None = None, include_min: bool = True, include_max: bool = True,  # noqa: A002
+                 allow_none: bool = False, fix: str | None = None) -> Any:
+    """Check that a parameter is a scalar of the right kind within bounds, and return it converted.
+
+    In the spirit of scikit-learn's ``check_scalar``: one helper for every integer count and every
+    positive/bounded real hyper-parameter, so that all of them refuse the same bad values with the
+    same kind of message.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The parameter's name, used in the message (``"{name}={value!r} must be ..."``).
+    kind : {int, float}, default int
+        ``int`` accepts any integral number (Python or NumPy integers) and returns an ``int``;
+        ``float`` accepts any real number (ints included) that is finite and returns a ``float``.
+        ``bool`` is neither.
+    min, max : float, optional
+        Bounds; ``None`` means unbounded on that side.
+    include_min, include_max : bool, default True
+        Whether each bound itself is allowed (``include_min=False`` with ``min=0`` means ``> 0``).
+    allow_none : bool, default False
+        Accept ``None`` and return it unchanged.
+    fix : str, optional
+        The fix to print; default ``"pass {name} as <what it must be>"``.
+
+    Returns
+    -------
+    int or float or None
+        ``value`` converted to ``kind`` (``None`` only when ``allow_none``).
+
+    Raises
+    ------
+    MemgeoError
+        Naming the parameter, the value, what it must be and the fix.
+    """
+    if kind not in (int, float):
+        raise TypeError(f"check_scalar kind must be int or float, got {kind!r}")
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, Integral if kind is int else Real)
+    if ok:
+        value_k = kind(value)
+        ok = (kind is int or math.isfinite(value_k)) and not (
+            (min is not None and (value_k < min if include_min else value_k <= min))
+            or (max is not None and (value_k > max if include_max else value_k >= max)))
+    if ok:
+        return value_k
+    want = _bounds_text(kind, min, max, include_min, include_max) + (" or None" if allow_none else "")
+    raise MemgeoError(f"{name}={value!r} must be {want}", fix or f"pass {name} as {want}")
 
 
 def check_finite(x: torch.Tensor | np.ndarray, name: str) -> None:

@@ -9,7 +9,6 @@ record of what was done is appended to ``meta["injections"]`` (the latest also i
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from memgeo.data._rng import make_generator
 from memgeo.data.dataset import Dataset, IndexLike
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 
 
 def duplicate_points(ds: Dataset, indices: IndexLike, copies: int) -> Dataset:
@@ -39,7 +38,7 @@ def duplicate_points(ds: Dataset, indices: IndexLike, copies: int) -> Dataset:
         (row ``indices[0]`` repeated ``copies - 1`` times, then ``indices[1]``, ...). The extra
         rows share the chosen rows' ``source_index`` and labels.
     """
-    copies = _positive_int(copies, "copies")
+    copies = check_scalar(copies, "copies", min=1)
     rows = _distinct_rows(ds, indices, "indices")
     extra = rows.repeat_interleave(copies - 1)
     record = {
@@ -105,9 +104,8 @@ def replace_class_with_copies(
         raise MemgeoError(f"class {cls!r} does not occur in {ds.name!r}",
                           f"choose one of: {', '.join(map(str, classes))}")
     cls = int(cls)
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0.0 < fraction <= 1.0:
-        raise MemgeoError(f"fraction must lie in (0, 1], got {fraction!r}",
-                          "pass e.g. fraction=0.5, or 1.0 to replace the whole class")
+    check_scalar(fraction, "fraction", float, min=0, include_min=False, max=1,
+                 fix="pass e.g. fraction=0.5, or 1.0 to replace the whole class")
     gen = make_generator(seed)
 
     members = torch.nonzero(ds.y == cls).flatten().cpu()
@@ -115,11 +113,8 @@ def replace_class_with_copies(
     if source_index is None:
         source_row = int(members[torch.randint(m, (1,), generator=gen)])
     else:
-        valid = not isinstance(source_index, bool) and isinstance(source_index, (int, np.integer))
-        if not valid or not 0 <= source_index < ds.n:
-            raise MemgeoError(f"source_index {source_index!r} is out of range for {ds.n} rows",
-                              f"pass a row index in [0, {ds.n}) or None for a random member of class {cls}")
-        source_row = int(source_index)
+        source_row = check_scalar(source_index, "source_index", min=0, max=ds.n, include_max=False,
+                                  fix=f"pass a row index in [0, {ds.n}) or None for a random member of class {cls}")
 
     n_replace = max(1, round(float(fraction) * m))
     # The source counts among the replaced rows when it is in the class, so no original of it survives
@@ -128,7 +123,7 @@ def replace_class_with_copies(
     others = members[members != source_row]
     pick = others[torch.randperm(int(others.numel()), generator=gen)[: n_replace - int(source_in_class)]]
     replaced = torch.cat([pick, torch.tensor([source_row])]) if source_in_class else pick
-    n_copies = n_replace if n_copies is None else _positive_int(n_copies, "n_copies")
+    n_copies = n_replace if n_copies is None else check_scalar(n_copies, "n_copies", min=1)
 
     keep_mask = torch.ones(ds.n, dtype=torch.bool)
     keep_mask[replaced] = False
@@ -164,12 +159,6 @@ def _assemble(ds: Dataset, keep: torch.Tensor, copy_rows: torch.Tensor, copy_lab
     meta["injections"] = [*ds.meta.get("injections", []), record]
     meta["injection"] = record
     return Dataset(x=ds.x[rows], y=y, name=f"{ds.name}+{name_suffix}", source_index=ds.source_index[rows], meta=meta)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise MemgeoError(f"{name} must be an int >= 1, got {value!r}", f"pass e.g. {name}=10")
-    return int(value)
 
 
 def _distinct_rows(ds: Dataset, indices: IndexLike, name: str) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 
 from memgeo.data._rng import make_generator
 from memgeo.data.dataset import Dataset
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 
 _F64 = torch.float64
 
@@ -185,8 +185,8 @@ def affine_mixture(
     """
     dims = _check_dims(dims, ambient)
     counts = _check_n_per(n_per, len(dims))
-    _check_positive(scale, "scale")
-    gap = scale if separation is None else _check_nonnegative(separation, "separation")
+    check_scalar(scale, "scale", float, min=0, include_min=False)
+    gap = scale if separation is None else check_scalar(separation, "separation", float, min=0)
     if distribution not in ("uniform", "gaussian"):
         raise MemgeoError(f"unknown distribution {distribution!r}", "choose one of: uniform, gaussian")
     _check_dtype(dtype)
@@ -275,11 +275,11 @@ def squiggly_mixture(
     """
     dims = _check_dims(dims, ambient)
     counts = _check_n_per(n_per, len(dims))
-    _check_positive(scale, "scale")
-    _check_nonnegative(frequency, "frequency")
-    _check_nonnegative(amplitude, "amplitude")
-    _check_count(n_waves, "n_waves", 0)
-    gap = scale if separation is None else _check_nonnegative(separation, "separation")
+    check_scalar(scale, "scale", float, min=0, include_min=False)
+    check_scalar(frequency, "frequency", float, min=0)
+    check_scalar(amplitude, "amplitude", float, min=0)
+    check_scalar(n_waves, "n_waves", min=0)
+    gap = scale if separation is None else check_scalar(separation, "separation", float, min=0)
     _check_dtype(dtype)
     gen = make_generator(seed)
 
@@ -355,10 +355,10 @@ def lollipop(
         ``meta`` also holds ``basis``, ``plane`` (the 2-D points, (N, 2)), ``disc_radius``,
         ``stick`` (its two 2-D end points), ``atom`` (the 2-D atom) and ``seed``.
     """
-    _check_count(n_disc, "n_disc", 1)
-    _check_count(n_stick, "n_stick", 1)
-    _check_count(n_atom, "n_atom", 0)
-    _check_count(ambient, "ambient", 2)
+    check_scalar(n_disc, "n_disc", min=1)
+    check_scalar(n_stick, "n_stick", min=1)
+    check_scalar(n_atom, "n_atom", min=0)
+    check_scalar(ambient, "ambient", min=2)
     _check_dtype(dtype)
     gen = make_generator(seed)
 
@@ -418,13 +418,13 @@ def sphere(
     Dataset
         One component (0) of LID ``dim``. ``meta`` also holds ``basis``, ``radius``, ``dim``, ``seed``.
     """
-    _check_count(n, "n", 1)
-    _check_count(dim, "dim", 1)
-    _check_count(ambient, "ambient", 1)
+    check_scalar(n, "n", min=1)
+    check_scalar(dim, "dim", min=1)
+    check_scalar(ambient, "ambient", min=1)
     if ambient < dim + 1:
         raise MemgeoError(f"a {dim}-sphere needs ambient >= {dim + 1}, got ambient={ambient}",
                           f"pass ambient={dim + 1} or more")
-    _check_positive(radius, "radius")
+    check_scalar(radius, "radius", float, min=0, include_min=False)
     _check_dtype(dtype)
     gen = make_generator(seed)
 
@@ -465,8 +465,8 @@ def torus(
         One component (0) of LID 2. ``meta`` also holds ``basis``, ``radii``, ``angles`` (N, 2) of
         (u, v), ``seed``.
     """
-    _check_count(n, "n", 1)
-    _check_count(ambient, "ambient", 3)
+    check_scalar(n, "n", min=1)
+    check_scalar(ambient, "ambient", min=3)
     try:
         big, small = (float(v) for v in radii)
     except (TypeError, ValueError) as exc:
@@ -543,19 +543,18 @@ def von_mises_with_atom(
         ``angles`` (circle angles), ``kappa``, ``mu``, ``atom``, ``isolated`` ((n_isolated, 2)),
         ``atom_rows`` and ``isolated_rows`` ((start, stop)), ``seed``.
     """
-    _check_count(n_circle, "n_circle", 1)
-    _check_count(n_atom, "n_atom", 0)
-    _check_count(n_isolated, "n_isolated", 0)
-    _check_nonnegative(kappa, "kappa")
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
-        raise MemgeoError(f"mu must be a finite angle, got {mu!r}", "pass e.g. mu=0.0")
+    check_scalar(n_circle, "n_circle", min=1)
+    check_scalar(n_atom, "n_atom", min=0)
+    check_scalar(n_isolated, "n_isolated", min=0)
+    check_scalar(kappa, "kappa", float, min=0)
+    check_scalar(mu, "mu", float, fix="pass a finite angle, e.g. mu=0.0")
     point = torch.as_tensor(atom, dtype=_F64).flatten()
     if point.numel() != 2 or not bool(torch.isfinite(point).all()):
         raise MemgeoError(f"atom must be 2 finite numbers, got {atom!r}", "pass e.g. atom=(0.0, 0.0)")
     if abs(float(point.norm()) - 1.0) < 1e-6:
         raise MemgeoError(f"atom {tuple(point.tolist())} lies on the unit circle",
                           "put it off the circle, e.g. atom=(0.0, 0.0)")
-    _check_positive(isolated_radius, "isolated_radius")
+    check_scalar(isolated_radius, "isolated_radius", float, min=0, include_min=False)
     if abs(isolated_radius - 1.0) < 1e-6:
         raise MemgeoError("isolated_radius = 1 puts the isolated points on the circle", "pass e.g. isolated_radius=1.6")
     _check_dtype(dtype)
@@ -684,15 +683,8 @@ def _finish_blocks(x: torch.Tensor, comps: list[tuple[int, int, int, bool]], met
         start += n
     return Dataset(x=x.to(dtype), y=meta["component"].clone(), name=name, source_index=torch.cat(source), meta=meta)
 
-
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise MemgeoError(f"{name} must be an int >= {minimum}, got {value!r}", f"pass e.g. {name}={max(minimum, 1)}")
-    return int(value)
-
-
 def _check_dims(dims: Sequence[int], ambient: int) -> list[int]:
-    _check_count(ambient, "ambient", 1)
+    check_scalar(ambient, "ambient", min=1)
     if hasattr(dims, "tolist") and not isinstance(dims, (str, bytes)):  # numpy array or tensor
         dims = dims.tolist()
         dims = [dims] if not isinstance(dims, list) else dims
@@ -711,25 +703,11 @@ def _check_dims(dims: Sequence[int], ambient: int) -> list[int]:
 
 def _check_n_per(n_per: int | Sequence[int], k: int) -> list[int]:
     if isinstance(n_per, Integral) and not isinstance(n_per, bool):
-        return [_check_count(n_per, "n_per", 1)] * k
+        return [check_scalar(n_per, "n_per", min=1)] * k
     if isinstance(n_per, Sequence) and not isinstance(n_per, (str, bytes)) and len(n_per) == k:
-        return [_check_count(n, "n_per", 1) for n in n_per]
+        return [check_scalar(n, "n_per", min=1) for n in n_per]
     raise MemgeoError(f"n_per must be an int >= 1 or {k} such ints (one per component), got {n_per!r}",
                       "pass e.g. n_per=1000")
-
-
-def _check_positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise MemgeoError(f"{name} must be a positive number, got {value!r}", f"pass e.g. {name}=1.0")
-    return float(value)
-
-
-def _check_nonnegative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise MemgeoError(f"{name} must be a number >= 0, got {value!r}", f"pass e.g. {name}=1.0")
-    return float(value)
-
-
 def _check_dtype(dtype: torch.dtype) -> None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise MemgeoError(f"dtype must be a floating torch dtype, got {dtype!r}", "pass e.g. dtype=torch.float32")

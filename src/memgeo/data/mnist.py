@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from memgeo.data.dataset import Dataset
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 
 #: IDX dtype codes and the numpy dtypes (big-endian) they stand for.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -130,8 +130,7 @@ def load_mnist(path: str | os.PathLike[str] | None = None, split: str = "t10k", 
         split = "t10k"
     if split not in SPLITS:
         raise MemgeoError(f"unknown MNIST split {split!r}", f"choose one of: {', '.join(SPLITS)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise MemgeoError(f"limit must be a positive int or None, got {limit!r}", "pass e.g. limit=1000")
+    check_scalar(limit, "limit", min=1, allow_none=True)
 
     images_path, labels_path = _locate(path, split)
     images = read_idx(images_path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError, check_finite
+from memgeo.errors import MemgeoError, check_finite, check_scalar
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -115,11 +115,8 @@ def nearest_neighbors(
             "pass queries and reference images of the same shape",
         )
     n = r.shape[0]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise MemgeoError(f"k={k!r} neighbours requested from {n} reference point(s)", f"use an integer k in [1, {n}]")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise MemgeoError(f"chunk_size={chunk_size!r} is not a positive integer", "use e.g. chunk_size=1024")
-    k = int(k)
+    k = check_scalar(k, "k", min=1, max=n, fix=f"ask for k in [1, {n}] neighbours from {n} reference point(s)")
+    check_scalar(chunk_size, "chunk_size", min=1)
     dev = torch.device(device) if device is not None else q.device
     # One working dtype for the pre-selection: float64 only if an input already is.
     work = torch.float64 if torch.float64 in (q.dtype, r.dtype) else torch.float32

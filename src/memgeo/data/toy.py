@@ -9,14 +9,13 @@ with the same seed describe the same points.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from memgeo.data._rng import make_generator
 from memgeo.data.dataset import Dataset
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 
 #: Centres of the four broad Gaussians of :func:`make_toy2d`. Their common std is TOY2D_STD.
 TOY2D_CENTERS: tuple[tuple[float, float], ...] = ((-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5))
@@ -58,8 +57,8 @@ def make_toy2d(
         ``meta`` holds ``duplicate_point``, ``duplicate_rows`` (start, stop), ``duplicate_source_index``,
         ``centers`` and ``std``.
     """
-    _check_count(n, "n", minimum=1)
-    _check_count(n_duplicates, "n_duplicates", minimum=0)
+    check_scalar(n, "n", min=1)
+    check_scalar(n_duplicates, "n_duplicates", min=0)
     point = torch.as_tensor(duplicate_point, dtype=torch.float64).flatten()
     if point.numel() != 2 or not torch.isfinite(point).all():
         raise MemgeoError(f"duplicate_point must be 2 finite numbers, got {duplicate_point!r}", "pass e.g. (0.0, 0.0)")
@@ -130,16 +129,13 @@ def make_patch_with_duplicate(
         ``basis`` (dim, patch_dim), ``origin`` (dim,), ``normal`` (dim,), ``duplicate_point`` (dim,),
         ``duplicate_rows``, ``duplicate_source_index``, ``scale``, ``distance``, ``spacing``.
     """
-    _check_count(n_patch, "n_patch", minimum=1)
-    _check_count(dim, "dim", minimum=2)
-    _check_count(n_duplicates, "n_duplicates", minimum=0)
-    if isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or not 1 <= patch_dim < dim:
-        raise MemgeoError(f"patch_dim must be an int with 1 <= patch_dim < dim={dim}, got {patch_dim!r}",
-                          "the patch needs at least one direction and the off-patch point needs a normal direction")
-    if not (math.isfinite(scale) and scale > 0):
-        raise MemgeoError(f"scale must be a positive number, got {scale!r}", "pass e.g. scale=1.0")
-    if not (math.isfinite(distance) and distance >= 0):
-        raise MemgeoError(f"distance must be a non-negative number, got {distance!r}", "pass e.g. distance=1.0")
+    check_scalar(n_patch, "n_patch", min=1)
+    check_scalar(dim, "dim", min=2)
+    check_scalar(n_duplicates, "n_duplicates", min=0)
+    check_scalar(patch_dim, "patch_dim", min=1, max=dim, include_max=False,
+                 fix=f"pass 1 <= patch_dim < dim={dim}: the patch needs a direction and the off-patch point a normal")
+    check_scalar(scale, "scale", float, min=0, include_min=False)
+    check_scalar(distance, "distance", float, min=0)
     gen = make_generator(seed)
 
     # One QR gives the patch basis and, in its last column, a unit normal orthogonal to it.
@@ -169,8 +165,3 @@ def make_patch_with_duplicate(
         "spacing": float(scale) * n_patch ** (-1.0 / patch_dim),
         "seed": seed if isinstance(seed, int) else None,
     })
-
-
-def _check_count(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MemgeoError(f"{name} must be an int >= {minimum}, got {value!r}", f"pass e.g. {name}={max(minimum, 1)}")

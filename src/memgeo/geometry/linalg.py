@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 import torch
 
-from memgeo.errors import MemgeoError, check_choice
-from memgeo.geometry.trace import PROBES, _apply, _check_int, draw_probes
+from memgeo.errors import MemgeoError, check_choice, check_scalar
+from memgeo.geometry.trace import PROBES, _apply, draw_probes
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 WHICH = ("both", "smallest", "largest")
@@ -234,9 +234,9 @@ def _select(which: str, k: int, j: int) -> torch.Tensor:
 
 
 def _check_sizes(batch: int, dim: int, n_iter: int) -> int:
-    _check_int(batch, "batch", 1)
-    _check_int(dim, "dim", 1)
-    _check_int(n_iter, "n_iter", 1)
+    check_scalar(batch, "batch", min=1)
+    check_scalar(dim, "dim", min=1)
+    check_scalar(n_iter, "n_iter", min=1)
     return min(n_iter, dim)
 
 
@@ -284,8 +284,8 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
     """
     check_choice(which, WHICH, "Ritz value selection")
     m = _check_sizes(batch, dim, n_iter)
-    _check_int(k, "k", 1)
-    _check_int(check_every, "check_every", 1)
+    check_scalar(k, "k", min=1)
+    check_scalar(check_every, "check_every", min=1)
     need = 2 * k if which == "both" else k
     if need > m:
         raise MemgeoError(f"{need} Ritz values requested but the Krylov dimension is only min(n_iter, D) = {m}",
@@ -393,8 +393,8 @@ def arnoldi_eigs(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int =
         k < 1 or k > min(n_iter, D); bad sizes or matvec output.
     """
     m = _check_sizes(batch, dim, n_iter)
-    _check_int(k, "k", 1)
-    _check_int(check_every, "check_every", 1)
+    check_scalar(k, "k", min=1)
+    check_scalar(check_every, "check_every", min=1)
     if k > m:
         raise MemgeoError(f"{k} Ritz values requested but the Krylov dimension is only min(n_iter, D) = {m}",
                           "lower k or raise n_iter (at most D)")
@@ -457,7 +457,7 @@ def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter:
     """
     check_choice(probe, PROBES, "probe distribution")
     m = _check_sizes(batch, dim, n_iter)
-    _check_int(n_probes, "n_probes", 1)
+    check_scalar(n_probes, "n_probes", min=1)
     if bandwidth is not None and not float(bandwidth) > 0:
         raise MemgeoError(f"bandwidth must be positive, got {bandwidth!r}", "pass bandwidth > 0 or leave it None")
     if device is None and generator is not None:
@@ -477,7 +477,7 @@ def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter:
     bw = float(bandwidth)
     if grid is None or isinstance(grid, int):
         g_n = 512 if grid is None else grid
-        _check_int(g_n, "grid size", 2)
+        check_scalar(g_n, "grid size", min=2)
         grid_t = torch.linspace(lo - 4 * bw, hi + 4 * bw, g_n, dtype=torch.float64, device=node.device)
     else:
         grid_t = torch.as_tensor(grid, dtype=torch.float64, device=node.device)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import MemgeoError, check_choice, check_scalar
 
 TRACE_METHODS = ("exact", "hutchinson", "hutch++")
 PROBES = ("rademacher", "gaussian")
@@ -113,12 +113,6 @@ def _t_interval(values: torch.Tensor, level: float) -> tuple[torch.Tensor, torch
     q = float(stats.t.ppf(0.5 + level / 2, df=n - 1))
     return mean, mean - q * se, mean + q * se
 
-
-def _check_int(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MemgeoError(f"{name} must be an integer >= {minimum}, got {value!r}", f"pass {name} >= {minimum}")
-
-
 def estimate_trace(matvec: Matvec, batch: int, dim: int, *, method: str = "hutchinson", n_probes: int = 16,
                    probe: str = "rademacher", level: float = 0.95, generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32, device=None) -> TraceEstimate:
@@ -164,10 +158,9 @@ def estimate_trace(matvec: Matvec, batch: int, dim: int, *, method: str = "hutch
     """
     check_choice(method, TRACE_METHODS, "trace method")
     check_choice(probe, PROBES, "probe distribution")
-    _check_int(batch, "batch", 1)
-    _check_int(dim, "dim", 1)
-    if not 0.0 < float(level) < 1.0:
-        raise MemgeoError(f"confidence level must lie in (0, 1), got {level!r}", "pass e.g. level=0.95")
+    check_scalar(batch, "batch", min=1)
+    check_scalar(dim, "dim", min=1)
+    check_scalar(level, "level", float, min=0, max=1, include_min=False, include_max=False)
     if device is None and generator is not None:
         device = generator.device
 
@@ -180,7 +173,7 @@ def estimate_trace(matvec: Matvec, batch: int, dim: int, *, method: str = "hutch
         return TraceEstimate(total, total.clone(), total.clone(), dim, method, float(level))
 
     if method == "hutchinson":
-        _check_int(n_probes, "n_probes", 2)
+        check_scalar(n_probes, "n_probes", min=2)
         values = []
         for _ in range(n_probes):
             v = draw_probes(batch, dim, probe, generator=generator, dtype=dtype, device=device)
@@ -189,7 +182,7 @@ def estimate_trace(matvec: Matvec, batch: int, dim: int, *, method: str = "hutch
         return TraceEstimate(mean, lo, hi, n_probes, method, float(level))
 
     # Hutch++. At least 2 residual probes are needed for a variance, hence the budget of 4.
-    _check_int(n_probes, "n_probes", 4)
+    check_scalar(n_probes, "n_probes", min=4)
     k = n_probes // 3 if n_probes >= 6 else 1
     n_res = n_probes - 2 * k
     # Sketch: A S for k probe columns, stacked as (B, D, k).

@@ -33,14 +33,13 @@ underflow) the statistic is defined as 0, i.e. an exact copy.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import MemgeoError, check_choice, check_scalar
 from memgeo.data.neighbors import ArrayLike, as_points, first_occurrence, nearest_neighbors, unique_rows
 
 
@@ -61,14 +60,8 @@ class CopyCriterion:
 
     def __init__(self, threshold: float | None = None) -> None:
         t = self.default_threshold if threshold is None else threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(float(t)) and float(t) > 0
-        ):
-            raise MemgeoError(
-                f"copy threshold {threshold!r} for criterion {self.name!r} is not a positive finite number",
-                f"pass e.g. threshold={self.default_threshold:g}",
-            )
-        self.threshold = float(t)
+        self.threshold = check_scalar(t, "threshold", float, min=0, include_min=False,
+                                      fix=f"pass e.g. threshold={self.default_threshold:g} for criterion {self.name!r}")
 
     def n_neighbors(self, n_unique: int) -> int:
         """How many nearest distinct training images the criterion needs (at least 2, for d_2)."""
@@ -133,12 +126,8 @@ class CalibratedCriterion(CopyCriterion):
 
     def __init__(self, threshold: float | None = None, n_mean: int = 50, alpha: float = 0.5) -> None:
         super().__init__(threshold)
-        if isinstance(n_mean, bool) or not isinstance(n_mean, (int, np.integer)) or n_mean < 2:
-            raise MemgeoError(f"n_mean={n_mean!r} is not an integer >= 2", "use the paper's n_mean=50")
-        if not (math.isfinite(float(alpha)) and float(alpha) > 0):
-            raise MemgeoError(f"alpha={alpha!r} is not a positive finite number", "use the paper's alpha=0.5")
-        self.n_mean = int(n_mean)
-        self.alpha = float(alpha)
+        self.n_mean = check_scalar(n_mean, "n_mean", min=2, fix="use the paper's n_mean=50")
+        self.alpha = check_scalar(alpha, "alpha", float, min=0, include_min=False, fix="use the paper's alpha=0.5")
 
     def n_neighbors(self, n_unique: int) -> int:
         return max(2, min(self.n_mean, n_unique))

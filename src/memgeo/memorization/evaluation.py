@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 
 # Bound on the (resamples x distinct values) integer blocks in the bootstrap (~32 MiB of int64).
 _BOOT_BLOCK = 1 << 22
@@ -167,8 +167,7 @@ def bootstrap_auroc(
     numpy.ndarray, shape (n_boot,)
     """
     s, y = check_scores_labels(scores, labels)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise MemgeoError(f"n_boot={n_boot!r} is not a positive integer", "use e.g. n_boot=1000")
+    check_scalar(n_boot, "n_boot", min=1)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     # Work with ranks of distinct values: the AUROC depends only on the order of the scores.
     _, code = np.unique(s, return_inverse=True)
@@ -216,18 +215,11 @@ def bootstrap_auroc_ci(
     -------
     (low, high) : tuple of float
     """
-    if not (isinstance(level, (int, float, np.floating)) and 0.0 < float(level) < 1.0):
-        raise MemgeoError(f"level={level!r} is not in (0, 1)", "use e.g. level=0.95")
+    check_scalar(level, "level", float, min=0, max=1, include_min=False, include_max=False)
     boots = bootstrap_auroc(scores, labels, n_boot=n_boot, seed=seed)
     alpha = 1.0 - float(level)
     low, high = np.quantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
-
-
-def _check_rate(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= float(value) <= 1.0:
-        raise MemgeoError(f"{name}={value!r} is not a rate in [0, 1]", f"use e.g. {name}=0.01")
-    return float(value)
 
 
 def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float = 0.01) -> float:
@@ -246,7 +238,7 @@ def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float = 0.01) -> float:
     -------
     float
     """
-    max_fpr = _check_rate(max_fpr, "max_fpr")
+    max_fpr = check_scalar(max_fpr, "max_fpr", float, min=0, max=1)
     s, y = check_scores_labels(scores, labels)
     fpr, tpr, _ = roc_curve(s, y)
     n_neg = int(np.sum(~y))
@@ -273,7 +265,7 @@ def tpr_at_closest_fpr(scores: Any, labels: Any, target_fpr: float = 0.01) -> tu
     tpr : float
     fpr_used : float
     """
-    target_fpr = _check_rate(target_fpr, "target_fpr")
+    target_fpr = check_scalar(target_fpr, "target_fpr", float, min=0, max=1)
     fpr, tpr, _ = roc_curve(scores, labels)
     gap = np.abs(fpr - target_fpr)
     closest = gap <= gap.min() + 1e-12

@@ -214,22 +214,6 @@ def check_inputs(model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, s
         raise MemgeoError(f"steps={steps}", "use at least one sampling step")
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """``value`` as a float, raising :class:`MemgeoError` unless it is finite and > 0 (or >= 0)."""
-    v = float(value)
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise MemgeoError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'} and finite",
-                          f"pass a valid {name}")
-    return v
-
-
-def check_count(name: str, value: int, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``, else :class:`MemgeoError`."""
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise MemgeoError(f"{name}={value!r} must be an integer >= {minimum}", f"pass a valid {name}")
-    return int(value)
-
-
 def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, np.ndarray], torch.Tensor], *,
                        iters: int, lr: float, target: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
                        eps: float = 1e-8) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 from memgeo.memorization.mitigation_base import (
-    CostTally, Mitigation, MitigationResult, check_count, check_inputs, sample_evals, sample_guided,
+    CostTally, Mitigation, MitigationResult, check_inputs, sample_evals, sample_guided,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -67,7 +67,7 @@ class DelayedGuidance(Mitigation):
             raise MemgeoError(f"max_delay={max_delay!r} is outside [0, 1]", "use a fraction of the steps")
         self.pre_guidance = float(pre_guidance)
         self.max_delay = float(max_delay)
-        self.min_step = check_count("min_step", min_step)
+        self.min_step = check_scalar(min_step, "min_step", min=0)
 
     @torch.no_grad()
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,

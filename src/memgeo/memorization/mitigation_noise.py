@@ -15,9 +15,9 @@ import math
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_scalar
 from memgeo.memorization.mitigation_base import (
-    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_count, check_inputs, check_positive,
+    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_inputs,
     first_time, row_norm, sample_evals, sample_guided,
 )
 from memgeo.models.base import DiffusionModel
@@ -74,12 +74,12 @@ class SAIL(Mitigation):
 
     def __init__(self, n_candidates: int = 1, opt_steps: int = 10, lr: float = 0.05, delta: float = 0.5,
                  lam: float = 0.5, target: float | None = None) -> None:
-        self.n_candidates = check_count("n_candidates", n_candidates, 1)
-        self.opt_steps = check_count("opt_steps", opt_steps, 0)
-        self.lr = check_positive("lr", lr)
-        self.delta = check_positive("delta", delta, allow_zero=True)
-        self.lam = check_positive("lam", lam, allow_zero=True)
-        self.target = None if target is None else check_positive("target", target, allow_zero=True)
+        self.n_candidates = check_scalar(n_candidates, "n_candidates", min=1)
+        self.opt_steps = check_scalar(opt_steps, "opt_steps", min=0)
+        self.lr = check_scalar(lr, "lr", float, min=0, include_min=False)
+        self.delta = check_scalar(delta, "delta", float, min=0)
+        self.lam = check_scalar(lam, "lam", float, min=0)
+        self.target = None if target is None else check_scalar(target, "target", float, min=0)
 
     def sharpness(self, model: DiffusionModel, z: torch.Tensor, cond: torch.Tensor, tally: CostTally,
                   rows: np.ndarray, backward: bool = False, t1: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,12 +193,12 @@ class InitialNoiseAdjustment(Mitigation):
         if mode not in ("per_sample", "batch"):
             raise MemgeoError(f"unknown han_noise mode {mode!r}", "use 'per_sample' or 'batch'")
         self.mode = mode
-        self.iters = check_count("iters", iters, 0)
-        self.lr = check_positive("lr", lr)
-        self.target = None if target is None else check_positive("target", target, allow_zero=True)
-        self.rho = check_positive("rho", rho)
-        self.gamma = check_positive("gamma", gamma, allow_zero=True)
-        self.delay_steps = check_count("delay_steps", delay_steps, 0)
+        self.iters = check_scalar(iters, "iters", min=0)
+        self.lr = check_scalar(lr, "lr", float, min=0, include_min=False)
+        self.target = None if target is None else check_scalar(target, "target", float, min=0)
+        self.rho = check_scalar(rho, "rho", float, min=0, include_min=False)
+        self.gamma = check_scalar(gamma, "gamma", float, min=0)
+        self.delay_steps = check_scalar(delay_steps, "delay_steps", min=0)
 
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
                  guidance: float = 3.0, generator: torch.Generator | None = None,

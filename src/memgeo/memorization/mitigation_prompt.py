@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from memgeo.errors import check_scalar
 from memgeo.memorization.mitigation_base import (
-    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_count, check_inputs, check_positive,
+    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_inputs,
     first_time, row_norm, sample_evals,
 )
 from memgeo.models.base import DiffusionModel
@@ -33,9 +34,9 @@ class PromptEmbeddingOptimisation(Mitigation):
     summary = "prompt embedding optimised to a small ||d_eps|| at the first step (Wen et al. 2024)"
 
     def __init__(self, opt_steps: int = 10, lr: float = 0.05, target: float | None = None) -> None:
-        self.opt_steps = check_count("opt_steps", opt_steps, 0)
-        self.lr = check_positive("lr", lr)
-        self.target = None if target is None else check_positive("target", target, allow_zero=True)
+        self.opt_steps = check_scalar(opt_steps, "opt_steps", min=0)
+        self.lr = check_scalar(lr, "lr", float, min=0, include_min=False)
+        self.target = None if target is None else check_scalar(target, "target", float, min=0)
 
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
                  guidance: float = 3.0, generator: torch.Generator | None = None,

@@ -54,7 +54,7 @@ import numpy as np
 import skdim
 import torch
 
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import MemgeoError, check_choice, check_scalar
 from memgeo.geometry.lid.base import LIDEstimator, register
 from memgeo.data.neighbors import ArrayLike, as_points, nearest_neighbors
 
@@ -62,13 +62,6 @@ __all__ = ["MLE", "MODEL_FREE_ESTIMATORS", "KNNIndex", "LocalPCA", "TwoNN"]
 
 # Budget, in float64 elements, for a chunk of gathered (chunk, k, D) patches (128 MiB).
 _PATCH_BUDGET = 1 << 24
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise MemgeoError(f"{name}={value!r} is not an integer >= {low}", f"use e.g. {name}={max(low, 20)}")
-    return int(value)
-
 
 class KNNIndex:
     """Exact k-nearest-neighbour search in a fixed reference set, shared by LID estimators.
@@ -111,7 +104,7 @@ class KNNIndex:
         ref = as_points(reference, "reference")
         if ref.shape[0] < 2:
             raise MemgeoError(f"reference has {ref.shape[0]} point(s)", "pass at least 2 reference points")
-        self.chunk_size = _check_int(chunk_size, "chunk_size", 1)
+        self.chunk_size = check_scalar(chunk_size, "chunk_size", min=1)
         self.device = torch.device(device) if device is not None else ref.device
         self.reference = ref.to(self.device)
         self.source = reference
@@ -131,10 +124,8 @@ class KNNIndex:
 
     def _check_k(self, k: object) -> int:
         n = self.n_reference
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
-            raise MemgeoError(f"k={k!r} neighbours requested from {n} reference point(s)",
-                              f"use an integer k in [1, {n - 1}] (k must be below the number of reference points)")
-        return int(k)
+        return check_scalar(k, "k", min=1, max=n - 1,
+                            fix=f"ask for k in [1, {n - 1}] neighbours: k must be below the {n} reference point(s)")
 
     def reserve(self, k: int) -> None:
         """Announce that ``k`` neighbours will be asked for, so the next search fetches enough.
@@ -315,10 +306,9 @@ class LocalPCA(_ModelFreeLID):
 
     def __init__(self, k: int = 50, threshold: float | None = None, version: str = "FO") -> None:
         check_choice(version, self._VERSIONS, "local PCA version")
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
-            raise MemgeoError(f"threshold={threshold!r} is not in (0, 1)",
-                              "use e.g. 0.05 for version='FO' or 0.95 for version='ratio'")
-        self.k = _check_int(k, "k", self._min_k)
+        check_scalar(threshold, "threshold", float, min=0, max=1, include_min=False, include_max=False,
+                     allow_none=True, fix="use e.g. 0.05 for version='FO' or 0.95 for version='ratio'")
+        self.k = check_scalar(k, "k", min=self._min_k)
         self.threshold = threshold
         self.version = version
 
@@ -356,7 +346,7 @@ class MLE(_ModelFreeLID):
     name = "mle"
 
     def __init__(self, k: int = 20, unbiased: bool = False) -> None:
-        self.k = _check_int(k, "k", 3 if unbiased else self._min_k)
+        self.k = check_scalar(k, "k", min=3 if unbiased else self._min_k)
         self.unbiased = bool(unbiased)
 
     def _estimate(self, dist: torch.Tensor, patch: torch.Tensor) -> np.ndarray:
@@ -400,9 +390,8 @@ class TwoNN(_ModelFreeLID):
 
     def __init__(self, k: int = 50, discard_fraction: float = 0.1, method: str = "linear") -> None:
         check_choice(method, ("linear", "mle"), "TwoNN method")
-        if not (isinstance(discard_fraction, (int, float)) and 0 <= discard_fraction < 1):
-            raise MemgeoError(f"discard_fraction={discard_fraction!r} is not in [0, 1)", "use e.g. 0.1")
-        self.k = _check_int(k, "k", self._min_k)
+        check_scalar(discard_fraction, "discard_fraction", float, min=0, max=1, include_max=False)
+        self.k = check_scalar(k, "k", min=self._min_k)
         self.discard_fraction = float(discard_fraction)
         self.method = method
 
