@@ -1,4 +1,4 @@
-"""One error type for bad input, and small validators that raise it.
+"""One error type for bad input, the validators that raise it, and the one string-registry type.
 
 Every message is a single line that names the problem and then the fix, so that the CLI can
 print it as is (``error: <problem>; <fix>``).
@@ -6,8 +6,9 @@ print it as is (``error: <problem>; <fix>``).
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, TypeVar, overload
 
@@ -147,16 +148,109 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
 
 T = TypeVar("T")
 
+_MISSING: Any = object()
 
-def build_registered(registry: Mapping[str, Callable[..., T]], name: str, kind: str, params: Mapping[str, Any]) -> T:
-    """``registry[name](**params)`` for the string registries (estimators, scores, mitigations).
 
-    An unknown ``name`` or hyper-parameters the class does not take raise :class:`MemgeoError`
-    naming ``kind`` (e.g. "LID estimator") and the choices.
+class Registry(Mapping[str, T]):
+    """A string registry: names -> classes (or functions), filled by a ``register`` decorator.
+
+    One type for every "choose by name" set in memgeo (samplers, LID estimators, prompt scores,
+    mitigations, copy criteria, collapse families, manifold data sets). It is a read-only
+    :class:`~collections.abc.Mapping`, so ``name in REGISTRY``, ``REGISTRY[name]``, iteration (in
+    registration order), ``len`` and ``.items()`` work as on a dict; the added methods raise
+    :class:`MemgeoError` with the choices instead of ``KeyError`` / ``TypeError``.
+
+    Parameters
+    ----------
+    kind : str
+        What an entry is, for messages (e.g. ``"LID estimator"``: "unknown LID estimator 'x'").
+    entries : mapping of str to T, optional
+        Initial entries, in order.
+
+    Examples
+    --------
+    >>> SCORES = Registry("score")
+    >>> @SCORES.register
+    ... class Norm:
+    ...     name = "norm"
+    ...     def __init__(self, p=2): self.p = p
+    >>> SCORES.build("norm", p=1).p
+    1
     """
-    check_choice(name, sorted(registry), kind)
+
+    def __init__(self, kind: str, entries: Mapping[str, T] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = dict(entries or {})
+
+    # --- registration -------------------------------------------------------------------------
+    def register(self, obj: Any = None, /, *, name: str | None = None) -> Any:
+        """Add an entry; usable as ``@reg.register``, ``@reg.register("name")`` or ``reg.register(obj, name=...)``.
+
+        Without a name the entry's ``name`` attribute is used (``TypeError`` if it has none). A
+        name registered again is replaced. Returns the entry (or a decorator returning it).
+        """
+        if isinstance(obj, str):
+            name, obj = obj, None
+        if obj is None:
+            return lambda entry: self.register(entry, name=name)
+        key = name if name is not None else getattr(obj, "name", "")
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{getattr(obj, '__name__', obj)!r} has no name to register it under")
+        self._entries[key] = obj
+        return obj
+
+    # --- lookup -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str, default: Any = _MISSING) -> T:  # type: ignore[override]
+        """The entry registered as ``name``; an unknown name raises :class:`MemgeoError` listing the
+        choices, unless a ``default`` is given (then returned, as :meth:`dict.get`)."""
+        if name in self._entries:
+            return self._entries[name]
+        if default is not _MISSING:
+            return default
+        raise MemgeoError(f"unknown {self.kind} {name!r}", f"choose one of: {', '.join(self.names())}")
+
+    def build(self, name: str, /, **params: Any) -> Any:
+        """``self.get(name)(**params)``; parameters the entry does not take raise :class:`MemgeoError`.
+
+        The message names the offending parameter(s) and points to the entry's docstring.
+        """
+        factory = self.get(name)
+        try:
+            return factory(**params)  # type: ignore[operator]
+        except TypeError as exc:
+            bad = _unaccepted(factory, params)
+            raise MemgeoError(
+                f"bad options for {self.kind} {name!r}: invalid parameters {bad or sorted(params)} ({exc})",
+                f"see the docstring of {getattr(factory, '__qualname__', factory)!r} for what it takes",
+            ) from exc
+
+    # --- Mapping --------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()})"
+
+
+def _unaccepted(factory: Any, params: Mapping[str, Any]) -> list[str]:
+    """The keys of ``params`` that ``factory``'s signature has no parameter for (empty if it takes ``**kwargs``)."""
     try:
-        return registry[name](**params)
-    except TypeError as exc:
-        raise MemgeoError(f"bad options for {kind} {name!r}: invalid parameters {sorted(params)} ({exc})",
-                          f"see the docstring of {registry[name].__qualname__}") from exc
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return []
+    return sorted(k for k in params if k not in sig.parameters)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memgeo.collapse.params import CategoricalParams, GaussianParams, MixtureParams, PointsParams, psd_sqrt
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import MemgeoError, Registry, check_choice
 
 __all__ = ["ESTIMATORS", "FAMILIES", "CategoricalFamily", "EmpiricalFamily", "Family", "GaussStats",
            "GaussianFamily", "KernelDensityFamily", "MixtureFamily", "default_mixture", "make_family"]
@@ -331,14 +331,11 @@ class CategoricalFamily(Family):
         return CategoricalParams(sum(w * b.counts / b.count for w, b in zip(a, batches)))
 
 
-FAMILIES = {c.name: c for c in (GaussianFamily, MixtureFamily, KernelDensityFamily, EmpiricalFamily,
-                                CategoricalFamily)}
+#: Model families by name.
+FAMILIES: Registry[type[Family]] = Registry("family", {c.name: c for c in (
+    GaussianFamily, MixtureFamily, KernelDensityFamily, EmpiricalFamily, CategoricalFamily)})
 
 
 def make_family(name: str, **kwargs) -> Family:
     """Build a family by registry name with its keyword arguments."""
-    check_choice(name, tuple(FAMILIES), "family")
-    try:
-        return FAMILIES[name](**kwargs)
-    except TypeError as exc:
-        raise MemgeoError(f"family {name!r} does not take these options ({exc})", "drop the unused options") from None
+    return FAMILIES.build(name, **kwargs)

@@ -37,7 +37,7 @@ import torch
 
 from memgeo.data._rng import make_generator
 from memgeo.data.dataset import Dataset
-from memgeo.errors import MemgeoError, check_scalar
+from memgeo.errors import MemgeoError, Registry, check_scalar
 
 _F64 = torch.float64
 
@@ -583,14 +583,14 @@ def von_mises_with_atom(
 
 
 #: Generators by name (all callable with defaults only).
-MANIFOLD_DATASETS: dict[str, Callable[..., Dataset]] = {
+MANIFOLD_DATASETS: Registry[Callable[..., Dataset]] = Registry("manifold data set", {
     "affine_mixture": affine_mixture,
     "squiggly_mixture": squiggly_mixture,
     "lollipop": lollipop,
     "sphere": sphere,
     "torus": torus,
     "von_mises_atom": von_mises_with_atom,
-}
+})
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError, check_choice, check_scalar
+from memgeo.errors import MemgeoError, Registry, check_scalar
 from memgeo.data.neighbors import ArrayLike, as_points, first_occurrence, nearest_neighbors, unique_rows
 
 
@@ -154,17 +154,14 @@ class AbsoluteCriterion(CopyCriterion):
         return np.full(distances.shape[0], spacing), {"typical_spacing": spacing}
 
 
-COPY_CRITERIA: dict[str, type[CopyCriterion]] = {
-    RatioCriterion.name: RatioCriterion,
-    CalibratedCriterion.name: CalibratedCriterion,
-    AbsoluteCriterion.name: AbsoluteCriterion,
-}
+#: Copy criteria by name.
+COPY_CRITERIA: Registry[type[CopyCriterion]] = Registry(
+    "copy criterion", {c.name: c for c in (RatioCriterion, CalibratedCriterion, AbsoluteCriterion)})
 
 
 def get_copy_criterion(name: str, threshold: float | None = None) -> CopyCriterion:
     """Build a criterion from its registry name (``"ratio"``, ``"calibrated"``, ``"absolute"``)."""
-    check_choice(name, list(COPY_CRITERIA), "copy criterion")
-    return COPY_CRITERIA[name](threshold)
+    return COPY_CRITERIA.get(name)(threshold)
 
 
 def typical_spacing(train_unique: ArrayLike) -> float:

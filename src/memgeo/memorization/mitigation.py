@@ -23,21 +23,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from memgeo.errors import build_registered
+from memgeo.errors import Registry
 from memgeo.memorization.mitigation_base import CostTally, Mitigation, MitigationResult, sample_guided
 from memgeo.memorization.mitigation_guidance import DelayedGuidance, NoMitigation
 from memgeo.memorization.mitigation_noise import SAIL, InitialNoiseAdjustment
 from memgeo.memorization.mitigation_prompt import PromptEmbeddingOptimisation
 
-MITIGATIONS: dict[str, type[Mitigation]] = {
+#: Mitigation methods by ``name``.
+MITIGATIONS: Registry[type[Mitigation]] = Registry("mitigation method", {
     cls.name: cls for cls in (NoMitigation, SAIL, PromptEmbeddingOptimisation, DelayedGuidance,
-                              InitialNoiseAdjustment)
-}
+                              InitialNoiseAdjustment)})
 
 
 def get_mitigation(name: str, **params: Any) -> Mitigation:
     """Build a mitigation from its registry name and hyper-parameters (see each class)."""
-    return build_registered(MITIGATIONS, name, "mitigation method", params)
+    return MITIGATIONS.build(name, **params)
 
 
 __all__ = ["MITIGATIONS", "SAIL", "CostTally", "DelayedGuidance", "InitialNoiseAdjustment", "Mitigation",

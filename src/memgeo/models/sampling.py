@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, Registry
 from memgeo.models.base import DiffusionModel
 
 #: The callback receives one dict per network evaluation with these keys:
@@ -305,11 +305,11 @@ def sample_ddpm(model: DiffusionModel, x: torch.Tensor, *, steps: int = 1000, **
     return sample_ddim(model, x, steps=steps, eta=1.0, **kwargs)
 
 
-SAMPLERS: dict[str, Callable[..., SampleResult]] = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+#: Samplers by name (``sample_ddim`` and ``sample_ddpm``).
+SAMPLERS: Registry[Callable[..., SampleResult]] = Registry(
+    "sampler", {"ddim": sample_ddim, "ddpm": sample_ddpm})
 
 
 def get_sampler(name: str) -> Callable[..., SampleResult]:
     """Look up a sampler by name (``"ddim"`` or ``"ddpm"``)."""
-    if name not in SAMPLERS:
-        raise MemgeoError(f"unknown sampler {name!r}", f"choose one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    return SAMPLERS.get(name)

@@ -8,14 +8,15 @@ Two kinds of estimators:
   the LID of a data set around query points (LID_data), e.g. local PCA.
 
 Hyper-parameters go in ``__init__`` and nothing expensive happens there. To add an estimator,
-subclass :class:`LIDEstimator`, give it a unique ``name`` and call :func:`register`.
+subclass :class:`LIDEstimator`, give it a unique ``name`` and decorate it with :func:`register`
+(``LID_ESTIMATORS.register``).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from memgeo.errors import build_registered
+from memgeo.errors import Registry
 
 
 class LIDEstimator:
@@ -33,17 +34,13 @@ class LIDEstimator:
         return f"{type(self).__name__}({args})"
 
 
-LID_ESTIMATORS: dict[str, type[LIDEstimator]] = {}
+#: Every LID estimator by ``name`` (model-based and data-based).
+LID_ESTIMATORS: Registry[type[LIDEstimator]] = Registry("LID estimator")
 
-
-def register(cls: type[LIDEstimator]) -> type[LIDEstimator]:
-    """Class decorator adding an estimator to :data:`LID_ESTIMATORS` under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} has no name")
-    LID_ESTIMATORS[cls.name] = cls
-    return cls
+#: Class decorator adding an estimator to :data:`LID_ESTIMATORS` under ``cls.name``.
+register = LID_ESTIMATORS.register
 
 
 def get_lid_estimator(name: str, **params: Any) -> LIDEstimator:
     """Instantiate a registered estimator by name with hyper-parameters."""
-    return build_registered(LID_ESTIMATORS, name, "LID estimator", params)
+    return LID_ESTIMATORS.build(name, **params)

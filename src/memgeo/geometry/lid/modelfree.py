@@ -54,7 +54,7 @@ import numpy as np
 import skdim
 import torch
 
-from memgeo.errors import MemgeoError, check_choice, check_scalar
+from memgeo.errors import MemgeoError, Registry, check_choice, check_scalar
 from memgeo.geometry.lid.base import LIDEstimator, register
 from memgeo.data.neighbors import ArrayLike, as_points, nearest_neighbors
 
@@ -412,4 +412,6 @@ class TwoNN(_ModelFreeLID):
         return out
 
 
-MODEL_FREE_ESTIMATORS: dict[str, type[_ModelFreeLID]] = {"lpca": LocalPCA, "mle": MLE, "twonn": TwoNN}
+#: The data-based estimators (also in ``LID_ESTIMATORS``).
+MODEL_FREE_ESTIMATORS: Registry[type[_ModelFreeLID]] = Registry(
+    "model-free LID estimator", {"lpca": LocalPCA, "mle": MLE, "twonn": TwoNN})

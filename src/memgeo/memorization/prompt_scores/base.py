@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgeo.errors import MemgeoError, build_registered, check_choice
+from memgeo.errors import MemgeoError, Registry, check_choice
 from memgeo.models.base import DiffusionModel, as_time, model_dtype
 from memgeo.models.counting import CountingModel
 from memgeo.models.sampling import SamplingGrid, model_grid
@@ -158,20 +158,16 @@ class PromptScore:
                            extra={k: v.detach().double().reshape(b, n) for k, v in extra.items()})
 
 
-PROMPT_SCORES: dict[str, type[PromptScore]] = {}
+#: Every prompt score by ``name``.
+PROMPT_SCORES: Registry[type[PromptScore]] = Registry("prompt score")
 
-
-def register_prompt_score(cls: type[PromptScore]) -> type[PromptScore]:
-    """Class decorator adding a score to :data:`PROMPT_SCORES` under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} has no name")
-    PROMPT_SCORES[cls.name] = cls
-    return cls
+#: Class decorator adding a score to :data:`PROMPT_SCORES` under ``cls.name``.
+register_prompt_score = PROMPT_SCORES.register
 
 
 def get_prompt_score(name: str, **params: Any) -> PromptScore:
     """Instantiate a registered prompt score by name with hyper-parameters."""
-    return build_registered(PROMPT_SCORES, name, "prompt score", params)
+    return PROMPT_SCORES.build(name, **params)
 
 
 def parse_score_names(text: str | Sequence[str]) -> list[str]:
