@@ -9,7 +9,7 @@ import torch
 from memgeo.errors import MemgeoError
 from memgeo.memorization.copies import label_copies
 from memgeo.memorization.mitigation import MITIGATIONS, get_mitigation
-from memgeo.memorization.mitigation_base import CostTally, adam_minimise_rows, sample_guided
+from memgeo.memorization.mitigation.base import CostTally, adam_minimise_rows, sample_guided
 from memgeo.models.counting import CountingModel
 from memgeo.models.sampling import sample_ddim
 from mitigation_toys import NormBumpModel, make_toy, toy_training_set

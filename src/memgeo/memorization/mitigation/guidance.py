@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from memgeo.errors import MemgeoError, check_scalar
-from memgeo.memorization.mitigation_base import (
+from memgeo.memorization.mitigation.base import (
     CostTally, Mitigation, MitigationResult, check_inputs, sample_evals, sample_guided,
 )
 from memgeo.models.base import DiffusionModel

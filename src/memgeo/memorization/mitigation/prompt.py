@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from memgeo.errors import check_scalar
-from memgeo.memorization.mitigation_base import (
+from memgeo.memorization.mitigation.base import (
     CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_inputs,
     first_time, row_norm, sample_evals,
 )

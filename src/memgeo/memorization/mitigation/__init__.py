@@ -16,7 +16,10 @@ Usage::
     res = method.generate(model, model.encode(prompts), x_T, steps=50, guidance=3.0, generator=g)
     res.samples, res.noise, res.nfe, res.nbe, res.diagnostics
 
-Each method's class docstring states the algorithm as implemented and its cost formula.
+Each method's class docstring states the algorithm as implemented and its cost formula. Modules:
+:mod:`.base` (the :class:`Mitigation` contract, cost tally, guided sampler, row-wise Adam),
+:mod:`.guidance` (``none``, ``jain_delayed``), :mod:`.noise` (``sail``, ``han_noise``) and
+:mod:`.prompt` (``wen_prompt``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from __future__ import annotations
 from typing import Any
 
 from memgeo.errors import Registry
-from memgeo.memorization.mitigation_base import CostTally, Mitigation, MitigationResult, sample_guided
-from memgeo.memorization.mitigation_guidance import DelayedGuidance, NoMitigation
-from memgeo.memorization.mitigation_noise import SAIL, InitialNoiseAdjustment
-from memgeo.memorization.mitigation_prompt import PromptEmbeddingOptimisation
+from memgeo.memorization.mitigation.base import CostTally, Mitigation, MitigationResult, sample_guided
+from memgeo.memorization.mitigation.guidance import DelayedGuidance, NoMitigation
+from memgeo.memorization.mitigation.noise import SAIL, InitialNoiseAdjustment
+from memgeo.memorization.mitigation.prompt import PromptEmbeddingOptimisation
 
 #: Mitigation methods by ``name``.
 MITIGATIONS: Registry[type[Mitigation]] = Registry("mitigation method", {
