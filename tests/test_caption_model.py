@@ -96,8 +96,8 @@ def test_eps_none_is_empty_prompt_and_rows_independent(model):
         assert torch.allclose(batched[i], model.eps(x[i:i + 1], t, cond[i:i + 1])[0], atol=1e-6)
     with pytest.raises(MemgeoError, match="prompt condition has shape"):
         model.eps(x, 0.5, cond[:, :3])
-    with pytest.raises(MemgeoError, match="NaN"):
-        model.eps(x, 0.5, torch.full_like(cond, float("nan")))
+    # no NaN check inside eps (it runs under vmap); a NaN condition propagates instead of passing silently
+    assert torch.isnan(model.eps(x, 0.5, torch.full_like(cond, float("nan")))).all()
 
 
 def test_jvp_matches_finite_difference_per_sample(model):

@@ -223,14 +223,7 @@ def _reference(model, points: torch.Tensor, prompts: list[str], t: float):
     return torch.stack(spectra), torch.stack(flipd)
 
 
-# CaptionDiffusionModel.check_cond tests its condition for NaN with a Python branch, which cannot run
-# inside vmap(jacrev) (the dense Jacobians of sharpness and exact FLIPD); PromptDiffusionModel's
-# check deliberately has none. Strict: once caption.py drops that branch this XPASSes; remove the mark.
-CAPTION_VMAP = pytest.mark.xfail(raises=RuntimeError, strict=True,
-                                 reason="caption check_cond: data-dependent NaN check inside vmap")
-
-
-@pytest.mark.parametrize("kind", [pytest.param("caption", marks=CAPTION_VMAP), "pipe"])
+@pytest.mark.parametrize("kind", ["caption", "pipe"])
 def test_sharpness_lid_audit_on_prompt_models(kind, files, run_cli, tmp_path):
     model = load(files.dir / kind)
     pts_file = files.dir / f"{'cap' if kind == 'caption' else 'pipe'}_points.npy"
