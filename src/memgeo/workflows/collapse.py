@@ -73,7 +73,7 @@ class CollapseConfig(BaseModel):
 
     def validate_choices(self) -> None:
         """Names checked against the registries (one clear message each) before anything is written."""
-        check_choice(self.family, tuple(FAMILIES), "family")
+        FAMILIES.get(self.family)
         check_choice(self.estimator, ESTIMATORS, "estimator")
         check_choice(self.loop, LOOPS, "loop")
         if not self.schedule:

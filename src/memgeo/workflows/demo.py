@@ -77,8 +77,7 @@ def _validate(cfg: DemoConfig, ds: Dataset) -> None:
             raise MemgeoError(f"{name} {c} is not a class of {cfg.data!r}", f"choose one of {sorted(classes)}")
     if cfg.memorize_class == cfg.control_class:
         raise MemgeoError("memorize and control class are the same", "pick two different classes")
-    if cfg.copy_criterion not in COPY_CRITERIA:
-        raise MemgeoError(f"unknown copy criterion {cfg.copy_criterion!r}", f"choose one of {', '.join(COPY_CRITERIA)}")
+    COPY_CRITERIA.get(cfg.copy_criterion)
     if cfg.headline_t not in cfg.sharpness_t:
         raise MemgeoError(f"headline_t {cfg.headline_t} is not among sharpness_t {cfg.sharpness_t}", "add it")
     get_sampler(cfg.sampler)
