@@ -214,6 +214,13 @@ def check_inputs(model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, s
         raise MemgeoError(f"steps={steps}", "use at least one sampling step")
 
 
+def start_first_step(model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor,
+                     steps: int) -> tuple[float, CostTally]:
+    """Prologue of the first-step methods: :func:`check_inputs`, then ``(first_time, CostTally(B))``."""
+    check_inputs(model, cond, x_T, steps)
+    return first_time(model, steps), CostTally(x_T.shape[0])
+
+
 def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, np.ndarray], torch.Tensor], *,
                        iters: int, lr: float, target: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
                        eps: float = 1e-8) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

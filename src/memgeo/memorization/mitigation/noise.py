@@ -17,8 +17,8 @@ import torch
 
 from memgeo.errors import MemgeoError, check_scalar
 from memgeo.memorization.mitigation.base import (
-    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_inputs,
-    first_time, row_norm, sample_evals, sample_guided,
+    CostTally, Mitigation, MitigationResult, adam_minimise_rows, row_norm, sample_evals, sample_guided,
+    start_first_step,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -97,10 +97,8 @@ class SAIL(Mitigation):
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
-        check_inputs(model, cond, x_T, steps)
-        t1 = first_time(model, steps)
+        t1, tally = start_first_step(model, cond, x_T, steps)
         b = x_T.shape[0]
-        tally = CostTally(b)
         with torch.no_grad():
             norm0, sharp0 = self.sharpness(model, x_T, cond, tally, np.arange(b), t1=t1)
             # Candidates are drawn for every row so that a row's draws do not depend on the others.
@@ -203,10 +201,8 @@ class InitialNoiseAdjustment(Mitigation):
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
-        check_inputs(model, cond, x_T, steps)
-        t1 = first_time(model, steps)
+        t1, tally = start_first_step(model, cond, x_T, steps)
         b = x_T.shape[0]
-        tally = CostTally(b)
         shape = (-1,) + (1,) * (x_T.ndim - 1)
         if self.mode == "per_sample":
             def loss(z: torch.Tensor, idx: np.ndarray) -> torch.Tensor:

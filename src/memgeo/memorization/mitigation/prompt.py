@@ -7,8 +7,7 @@ import torch
 
 from memgeo.errors import check_scalar
 from memgeo.memorization.mitigation.base import (
-    CostTally, Mitigation, MitigationResult, adam_minimise_rows, check_inputs,
-    first_time, row_norm, sample_evals,
+    Mitigation, MitigationResult, adam_minimise_rows, row_norm, sample_evals, start_first_step,
 )
 from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
@@ -41,10 +40,7 @@ class PromptEmbeddingOptimisation(Mitigation):
     def generate(self, model: DiffusionModel, cond: torch.Tensor, x_T: torch.Tensor, *, steps: int = 50,
                  guidance: float = 3.0, generator: torch.Generator | None = None,
                  clip: tuple[float, float] | None = None) -> MitigationResult:
-        check_inputs(model, cond, x_T, steps)
-        t1 = first_time(model, steps)
-        b = x_T.shape[0]
-        tally = CostTally(b)
+        t1, tally = start_first_step(model, cond, x_T, steps)
 
         def loss(e: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             return row_norm(tally.noise_difference(model, x_T[torch.as_tensor(idx)], t1, e, idx)) ** 2
