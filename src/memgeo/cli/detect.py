@@ -51,6 +51,9 @@ def detect(
                                            "pixel models); default none.")] = None,
     batch: Annotated[int, typer.Option(help="Prompts per batch (also the resume granularity). [default: 8]")] = None,
     attribution: Annotated[str, typer.Option(help="Score for token attribution ('none' to skip). [default: wen]")] = None,
+    dtype: Annotated[str, typer.Option(help="Precision of the network passes: float32, bfloat16 or float16 (the "
+                                            "noise is drawn in float32 and cast; a score the CPU cannot run in "
+                                            "that dtype stops with an error). [default: float32]")] = None,
     config: Annotated[Path, typer.Option(help="DetectConfig JSON; options given here override it.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed: prompt i uses its file's seed field, else seed + i "
                                            "(shared seeding: every prompt uses seed). [default: 0]")] = None,
@@ -101,6 +104,7 @@ def detect(
         "labels_from_field": labels_from_field, "train_data": str(train_data) if train_data else None,
         "sampling.steps": steps, "sampling.clip": clip_range, "sampling.guidance": guidance,
         "sampling.t_max": t_first, "batch_prompts": batch, "seed": seed, "seeding": seeding, "scores": score_list,
+        "dtype": dtype,
     }
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     cfg = load_config(config, DetectConfig, overrides)

@@ -43,6 +43,8 @@ def mitigate(
     criterion: Annotated[str, typer.Option(help="Copy criterion: ratio, calibrated, absolute.")] = None,
     threshold: Annotated[float, typer.Option(help="Copy threshold (default: the criterion's).")] = None,
     max_prompts: Annotated[int, typer.Option(help="Use only the first N prompts.")] = None,
+    dtype: Annotated[str, typer.Option(help="Precision of the network passes: float32, bfloat16 or float16 (the "
+                                            "noise is drawn in float32 and cast). [default: float32]")] = None,
     config: Annotated[Path, typer.Option(help="MitigateConfig JSON; options given here override it.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed of the generations' noise.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -55,7 +57,7 @@ def mitigate(
     cfg = load_config(config, MitigateConfig, dict(
         model=model, prompts=prompts, methods=methods, params=_params(params), generations=generations, steps=steps,
         guidance=guidance, train_data=train_data, classifier=classifier, criterion=criterion, threshold=threshold,
-        max_prompts=max_prompts, seed=seed))
+        max_prompts=max_prompts, seed=seed, dtype=dtype))
     summary = run_mitigate(cfg, out, progress=progress)
     keys = ("method", "copy_rate_memorized", "accuracy_all", "nfe_per_generation")
     typer.echo(json.dumps([{k: row[k] for k in keys} for row in summary["table"]]))

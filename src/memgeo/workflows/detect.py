@@ -13,10 +13,17 @@ Resuming: prompts are processed in fixed chunks ``[k * batch, (k + 1) * batch)``
 every prompt's noise comes from its own seed (the file's ``seed`` field, else ``seed + index``). A
 restarted run recomputes only chunks with a missing or invalid record, on exactly the same inputs
 and batch composition, so the final results are identical to an uninterrupted run.
+
+Reduced precision (``dtype``): the model is loaded in float16 or bfloat16 and every network pass
+runs in it; the initial noise is still drawn in float32 from each seed and then cast, so the same
+seeds give the same noise (up to rounding) in every dtype. A score whose operations the CPU does
+not implement in that dtype stops the run with a one-line error naming the score
+(docs/prompt_detection.md, "Reduced precision").
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from memgeo.data.prompt_sets import prompt_provenance, resolve_prompts
@@ -44,7 +51,8 @@ from memgeo.memorization.prompt_scores import (
     parse_score_names,
 )
 from memgeo.memorization.prompt_scores.presets import SEEDINGS, get_preset
-from memgeo.models.loading import load
+from memgeo.models.base import model_dtype
+from memgeo.models.loading import load, resolve_dtype
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.prompt_html import add_token_attribution
@@ -76,6 +84,12 @@ class DetectConfig(BaseModel):
     batch_prompts: int = Field(8, ge=1)
     attribution_score: str | None = "wen"
     attribution_max_prompts: int = Field(40, ge=0)
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return str(resolve_dtype(value)).removeprefix("torch.")
 
 
 def preset_options(name: str, scores: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
@@ -126,7 +140,10 @@ _FALSE = ("0", "0.0", "false", "no")
 
 def _config_key(cfg: DetectConfig) -> str:
     """Hash of everything a per-prompt record depends on (not the output-only options)."""
-    keep = cfg.model_dump(mode="json", exclude={"attribution_score", "attribution_max_prompts", "labels_from_field"})
+    skip = {"attribution_score", "attribution_max_prompts", "labels_from_field"}
+    if cfg.dtype == "float32":  # the default keeps the key of runs made before the option existed
+        skip.add("dtype")
+    keep = cfg.model_dump(mode="json", exclude=skip)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -155,17 +172,44 @@ def _read_record(path: Path, index: int, prompt: str, key: str, scores: tuple[st
     return rec if ok else None
 
 
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def prompt_noise(model: PromptDiffusionModel, seeds: list[int], n: int) -> torch.Tensor:
+    """Initial noise (B, n, *data_shape): :func:`generation_noise`, except that for a float16 or bfloat16
+    model it is drawn in float32 and then cast, so the same seeds give the same noise in every dtype up to
+    the rounding of the cast."""
+    dtype = model_dtype(model)
+    if dtype not in REDUCED_DTYPES:
+        return generation_noise(model, seeds, n)
+    return torch.stack([torch.randn((n,) + tuple(model.data_shape), dtype=torch.float32,
+                                    generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(dtype)
+
+
+def _compute_score(name: str, score: Any, model: PromptDiffusionModel, cond: torch.Tensor, x_T: torch.Tensor,
+                   cfg: DetectConfig, cache: dict[str, Any]) -> Any:
+    """``score.compute``; in reduced precision, an operation missing for that dtype is a one-line error."""
+    if x_T.dtype not in REDUCED_DTYPES:
+        return score.compute(model, cond, x_T, sampling=cfg.sampling, cache=cache)
+    try:
+        return score.compute(model, cond, x_T, sampling=cfg.sampling, cache=cache)
+    except (TypeError, NotImplementedError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise MemgeoError(f"score {name} cannot run in {cfg.dtype} on {x_T.device.type} ({first})",
+                          f"score it with --dtype float32 (a separate run), or drop {name} from --scores") from exc
+
+
 def _compute_chunk(model: PromptDiffusionModel, cfg: DetectConfig, entries: list[PromptEntry], indices: list[int],
                    seeds: list[int], train: torch.Tensor | None, key: str) -> list[dict[str, Any]]:
     prompts = [e.prompt for e in entries]
     with torch.no_grad():
         cond = model.encode(prompts)
-    x_T = generation_noise(model, seeds, cfg.generations)
+    x_T = prompt_noise(model, seeds, cfg.generations)
     cache: dict[str, Any] = {}
     results = {}
     for name in cfg.scores:
         score = get_prompt_score(name, **cfg.score_params.get(name, {}))
-        results[name] = score.compute(model, cond, x_T, sampling=cfg.sampling, cache=cache)
+        results[name] = _compute_score(name, score, model, cond, x_T, cfg, cache)
     copies = None
     if train is not None:
         rows_cond = cond.repeat_interleave(cfg.generations, 0)
@@ -239,8 +283,11 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
         cfg = cfg.model_copy(update={"labels_from_field": "memorized"})
     labels = None if cfg.labels_from_field is None else np.array([_label_of(e, cfg.labels_from_field) for e in entries])
     seeds = prompt_seeds(cfg, entries)
-    if model is None:
-        model = load(cfg.model)
+    dtype = resolve_dtype(cfg.dtype)
+    if model is None:  # float32 (the default) keeps the stored dtype, float32 for checkpoints and pipelines
+        model = load(cfg.model, dtype=None if cfg.dtype == "float32" else dtype)
+    elif dtype in REDUCED_DTYPES and model_dtype(model) != dtype:  # a given model keeps its dtype otherwise
+        model = copy.deepcopy(model).to(dtype)
     if not isinstance(model, PromptDiffusionModel):
         raise MemgeoError(f"{cfg.model} is not a prompt-conditioned model", "point --model at a caption or pipeline model")
     model.eval()
@@ -359,7 +406,7 @@ def _attribution(model: PromptDiffusionModel, cfg: DetectConfig, entries: list[P
     out = []
     for start in range(0, len(chosen), cfg.batch_prompts):
         idx = chosen[start:start + cfg.batch_prompts]
-        x_T = generation_noise(model, [seeds[i] for i in idx], cfg.generations)
+        x_T = prompt_noise(model, [seeds[i] for i in idx], cfg.generations)
         res = token_attribution(model, [entries[i].prompt for i in idx], x_T, score=cfg.attribution_score,
                                 params=cfg.score_params.get(cfg.attribution_score), sampling=cfg.sampling)
         for i, r in zip(idx, res):

@@ -14,6 +14,13 @@ keeps every finished prompt and a rerun with the same options only generates the
 Every generation's noise comes from its own seed (``seed + prompt_index * generations + g``, or the
 prompt file's ``seed`` field in place of ``seed + prompt_index * generations``), so results do not
 depend on where a run was interrupted, and every method starts from the same noises as the baseline.
+
+Reduced precision (``dtype`` float16 or bfloat16): the model is loaded in that dtype, the noise is
+drawn in float32 from the seeds and then cast, and the images are saved in float32. The methods
+that optimise with Adam keep its state in the model's dtype, where the step underflows (float16:
+NaN or no movement; bfloat16: han_noise NaN, wen_prompt no movement), so they are refused in the
+reduced dtypes :data:`REDUCED_PRECISION_OK` does not list; SAIL runs in bfloat16. A method that uses
+an operation the CPU lacks, or returns non-finite samples, stops with a one-line error as well.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
@@ -34,13 +41,17 @@ from memgeo.errors import MemgeoError
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copies import COPY_CRITERIA, label_copies
 from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigation
-from memgeo.models.loading import load
+from memgeo.models.base import model_dtype
+from memgeo.models.loading import load, resolve_dtype
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
 from memgeo.workflows.common import figure_to_report, say, start_run
 
 BASELINE = "none"
+#: Methods that optimise in the model's dtype -> the reduced dtypes in which they were checked to work
+#: (docs/prompt_detection.md, "Reduced precision"); methods not listed run in any dtype.
+REDUCED_PRECISION_OK: dict[str, tuple[str, ...]] = {"sail": ("bfloat16",), "han_noise": (), "wen_prompt": ()}
 
 
 class MitigateConfig(BaseModel):
@@ -63,6 +74,12 @@ class MitigateConfig(BaseModel):
     max_prompts: int | None = Field(None, ge=1)
     seed: int = 0
     grid_prompts: int = Field(8, ge=0)
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return str(resolve_dtype(value)).removeprefix("torch.")
 
 
 def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:
@@ -70,6 +87,12 @@ def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:
     for name in names:
         if name not in MITIGATIONS:
             raise MemgeoError(f"unknown mitigation method {name!r}", f"choose from: {', '.join(MITIGATIONS)}")
+    if cfg.dtype in ("float16", "bfloat16"):
+        for name in names:
+            if name in REDUCED_PRECISION_OK and cfg.dtype not in REDUCED_PRECISION_OK[name]:
+                ok = REDUCED_PRECISION_OK[name]
+                raise MemgeoError(f"method {name} cannot optimise in {cfg.dtype} (its Adam step underflows: NaN or "
+                                  "no movement)", f"run it with --dtype {' or '.join(ok + ('float32',))}")
     extra = set(cfg.params) - set(names)
     if extra:
         raise MemgeoError(f"parameters given for methods not run: {', '.join(sorted(extra))}",
@@ -87,7 +110,7 @@ def image_shape(model: PromptDiffusionModel) -> tuple[int, ...]:
     if not is_latent(model):
         return tuple(model.data_shape)
     with torch.no_grad():
-        return tuple(model.decode(torch.zeros(1, *model.data_shape)).shape[1:])
+        return tuple(model.decode(torch.zeros(1, *model.data_shape, dtype=model_dtype(model))).shape[1:])
 
 
 def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[PromptEntry], np.ndarray | None, Any]:
@@ -96,7 +119,8 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
     prompts = load_prompts(cfg.prompts)
     if cfg.max_prompts is not None:
         prompts = prompts[: cfg.max_prompts]
-    model = load(cfg.model)
+    # float32 (the default) keeps the stored dtype, float32 for checkpoints and pipelines
+    model = load(cfg.model, dtype=None if cfg.dtype == "float32" else cfg.dtype)
     train = None
     if cfg.train_data is not None:
         train = load_points(cfg.train_data).numpy()
@@ -121,6 +145,8 @@ def _check_resume(out: Path, cfg: MitigateConfig) -> None:
     old = out / "config.json"
     if old.is_file():
         previous = json.loads(old.read_text())
+        if isinstance(previous, dict):
+            previous.setdefault("dtype", "float32")  # runs made before the option existed
         now = json.loads(cfg.model_dump_json())
         if previous != now:
             diff = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
@@ -144,9 +170,19 @@ def _generate_prompt(method: Mitigation, model: PromptDiffusionModel, cfg: Mitig
     latent = is_latent(model)
     t0 = time.perf_counter()
     # Latents have no fixed range: clamp the decoded images instead of the x0 predictions.
-    res = method.generate(model, cond, noise.to(cond.dtype), steps=cfg.steps, guidance=cfg.guidance,
-                          generator=torch.Generator().manual_seed(base + 2 ** 31), clip=None if latent else clip)
+    try:
+        res = method.generate(model, cond, noise.to(cond.dtype), steps=cfg.steps, guidance=cfg.guidance,
+                              generator=torch.Generator().manual_seed(base + 2 ** 31), clip=None if latent else clip)
+    except (TypeError, NotImplementedError, RuntimeError) as exc:
+        if cfg.dtype not in ("float16", "bfloat16"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise MemgeoError(f"method {method.name} cannot run in {cfg.dtype} on {noise.device.type} ({first})",
+                          f"run it with --dtype float32, or drop {method.name} from --method") from exc
     images = res.samples.detach()
+    if cfg.dtype in ("float16", "bfloat16") and not torch.isfinite(images).all():
+        raise MemgeoError(f"method {method.name} produced NaN/inf samples in {cfg.dtype}",
+                          "run it with --dtype float32")
     if latent:
         with torch.no_grad():
             images = model.decode(images)
