@@ -87,9 +87,6 @@ def test_reduced_precision_detect_is_close_and_different(pipe, float32_scores, r
     _check_close(got, float32_scores, dtype)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="memgeo.errors.check_finite converts tensors with .numpy(), which has no bfloat16; "
-                          "Jeon's Jacobian product checks its inputs with it (fix belongs in errors.py)")
 def test_bfloat16_jeon(pipe, float32_scores, run_cli, tmp_path):
     folder, prompts = pipe
     code, _, err = run_cli("detect", "--model", folder, "--prompts", prompts, "--scores", "jeon", "--dtype",

@@ -109,6 +109,8 @@ def check_scalar(value: Any, name: str, kind: type = int, *, min: float | None =
 
 def check_finite(x: torch.Tensor | np.ndarray, name: str) -> None:
     """Raise :class:`MemgeoError` if ``x`` holds NaN or inf, saying how many and where first."""
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # numpy has no bfloat16; float32 holds every float16/bfloat16 value exactly
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if not np.issubdtype(arr.dtype, np.number):
         raise MemgeoError(f"{name} has non-numeric dtype {arr.dtype}", "pass a float array")
