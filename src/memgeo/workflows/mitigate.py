@@ -17,10 +17,10 @@ depend on where a run was interrupted, and every method starts from the same noi
 
 Reduced precision (``dtype`` float16 or bfloat16): the model is loaded in that dtype, the noise is
 drawn in float32 from the seeds and then cast, and the images are saved in float32. The methods
-that optimise with Adam keep its state in the model's dtype, where the step underflows (float16:
-NaN or no movement; bfloat16: han_noise NaN, wen_prompt no movement), so they are refused in the
-reduced dtypes :data:`REDUCED_PRECISION_OK` does not list; SAIL runs in bfloat16. A method that uses
-an operation the CPU lacks, or returns non-finite samples, stops with a one-line error as well.
+that optimise with Adam (SAIL, han_noise, wen_prompt) keep the iterate and the Adam moments in
+float32 (master weights) and evaluate the model in its dtype; in the model's own dtype the step
+underflowed (1e-8 is 0 in float16: NaN or no movement). A method that uses an operation the CPU
+lacks, or returns non-finite samples, stops with a one-line error.
 """
 
 from __future__ import annotations
@@ -49,9 +49,6 @@ from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
 from memgeo.workflows.common import figure_to_report, say, start_run
 
 BASELINE = "none"
-#: Methods that optimise in the model's dtype -> the reduced dtypes in which they were checked to work
-#: (docs/prompt_detection.md, "Reduced precision"); methods not listed run in any dtype.
-REDUCED_PRECISION_OK: dict[str, tuple[str, ...]] = {"sail": ("bfloat16",), "han_noise": (), "wen_prompt": ()}
 
 
 class MitigateConfig(BaseModel):
@@ -87,12 +84,6 @@ def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:
     for name in names:
         if name not in MITIGATIONS:
             raise MemgeoError(f"unknown mitigation method {name!r}", f"choose from: {', '.join(MITIGATIONS)}")
-    if cfg.dtype in ("float16", "bfloat16"):
-        for name in names:
-            if name in REDUCED_PRECISION_OK and cfg.dtype not in REDUCED_PRECISION_OK[name]:
-                ok = REDUCED_PRECISION_OK[name]
-                raise MemgeoError(f"method {name} cannot optimise in {cfg.dtype} (its Adam step underflows: NaN or "
-                                  "no movement)", f"run it with --dtype {' or '.join(ok + ('float32',))}")
     extra = set(cfg.params) - set(names)
     if extra:
         raise MemgeoError(f"parameters given for methods not run: {', '.join(sorted(extra))}",

@@ -228,7 +228,9 @@ def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, n
 
     Only rows still running are evaluated (``loss_rows(params_of_those_rows, their_indices)`` must
     return their (b,) losses, differentiable), so early-stopped rows cost nothing more. The Adam
-    moments are per element, exactly as :class:`torch.optim.Adam` on that row alone.
+    moments are per element, exactly as :class:`torch.optim.Adam` on that row alone. For float16 /
+    bfloat16 inputs the iterate and moments are kept in float32 (master weights), as mixed-precision
+    training does; the loss is evaluated in the input's dtype.
 
     Parameters
     ----------
@@ -250,7 +252,10 @@ def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, n
         Backward passes each row took part in (equal to ``updates`` except for rows that stopped
         in a sub-batch where others went on).
     """
-    p = start.detach().clone()
+    # Mixed precision: the iterate and the moments live in float32 when the model runs in float16 or
+    # bfloat16 (where eps = 1e-8 and small steps underflow); the loss sees the iterate in the model's dtype.
+    work = torch.float32 if start.dtype in (torch.float16, torch.bfloat16) else start.dtype
+    p = start.detach().clone().to(work)
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     b = p.shape[0]
     updates = np.zeros(b, dtype=np.int64)
@@ -264,7 +269,7 @@ def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, n
             break
         sel = torch.as_tensor(idx)
         with torch.enable_grad():
-            q = p[sel].clone().requires_grad_(True)
+            q = p[sel].to(start.dtype, copy=True).requires_grad_(True)
             loss = loss_rows(q, idx)
             values = loss.detach().double().cpu().numpy()
             first[idx] = np.where(np.isnan(first[idx]), values, first[idx])
@@ -277,7 +282,7 @@ def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, n
             (grad,) = torch.autograd.grad(loss.sum(), q)
             backprops[idx] += 1  # the backward pass runs through every row of the sub-batch
         go = torch.as_tensor(~done)
-        g = grad[go]
+        g = grad[go].to(work)
         rows = sel[go]
         updates[idx[~done]] += 1
         m[rows] = betas[0] * m[rows] + (1 - betas[0]) * g
@@ -287,4 +292,4 @@ def adam_minimise_rows(start: torch.Tensor, loss_rows: Callable[[torch.Tensor, n
         v_hat = v[rows] / (1 - betas[1] ** n)
         p[rows] = p[rows] - lr * m_hat / (v_hat.sqrt() + eps)
         active[idx[done]] = False
-    return p.detach(), first, last, updates, backprops
+    return p.detach().to(start.dtype), first, last, updates, backprops

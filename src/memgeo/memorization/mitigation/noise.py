@@ -121,19 +121,22 @@ class SAIL(Mitigation):
                 best_obj = torch.where(better, obj, best_obj)
         selected_obj = best_obj.clone()
         if self.opt_steps > 0 and idx.size:
-            z = best_z.clone()
+            work = torch.float32 if best_z.dtype in (torch.float16, torch.bfloat16) else best_z.dtype
+            z = best_z.clone().to(work)  # float32 master iterate and moments under reduced precision
             m, v = torch.zeros_like(z), torch.zeros_like(z)
             for k in range(1, self.opt_steps + 2):
                 grad_step = k <= self.opt_steps  # the last evaluation only scores the final iterate
                 with torch.enable_grad():
-                    zg = z.clone().requires_grad_(grad_step)
-                    obj = self.objective(self.sharpness(model, zg, c, tally, idx, backward=grad_step, t1=t1)[1], zg, scale)
+                    zg = z.to(best_z.dtype, copy=True).requires_grad_(grad_step)
+                    sharp = self.sharpness(model, zg, c, tally, idx, backward=grad_step, t1=t1)[1]
+                    obj = self.objective(sharp, zg, scale)
                     better = obj.detach() < best_obj
-                    best_z[better] = z[better]
+                    best_z[better] = zg.detach()[better]
                     best_obj = torch.where(better, obj.detach(), best_obj)
                     if not grad_step:
                         break
                     (g,) = torch.autograd.grad(obj.sum(), zg)
+                g = g.to(work)
                 m = 0.9 * m + 0.1 * g
                 v = 0.999 * v + 0.001 * g * g
                 z = z - self.lr * (m / (1 - 0.9 ** k)) / ((v / (1 - 0.999 ** k)).sqrt() + 1e-8)
