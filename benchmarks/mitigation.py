@@ -35,7 +35,7 @@ from memgeo.data.prompts import load_prompts
 from memgeo.memorization.copies import label_copies
 from memgeo.memorization.mitigation import get_mitigation
 from memgeo.models.classifier import load_classifier
-from memgeo.models.prompt import load_prompt_model
+from memgeo.models.loading import load
 from memgeo.workflows.mitigate import MitigateConfig, run_mitigate
 
 # The grid searched with --tune. ``target`` 0.3 (SAIL, Han) / 0.2-0.3 (Wen) is the detect-then-mitigate gate
@@ -79,7 +79,7 @@ def evaluate_setting(name: str, params: dict, model, cond, labels, memorized, tr
 
 def tuning_setup(args, bench: Path):
     """Model, conditions, labels, memorized flags, training images, classifier and seeds of the tuning seeds."""
-    model = load_prompt_model(bench / "model")
+    model = load(bench / "model")
     prompts = load_prompts(bench / "prompts_all.jsonl")
     g = args.tune_generations
     with torch.no_grad():

@@ -49,7 +49,7 @@ from memgeo.memorization.prompt_scores import (
     generation_noise,
     get_prompt_score,
 )
-from memgeo.models.prompt import load_prompt_model
+from memgeo.models.loading import load
 
 SIGNED_EXTRAS = {"asthana": ("norm", "cosine")}
 
@@ -163,7 +163,7 @@ def main() -> None:
     sampling = SamplingSettings(steps=args.steps or run_cfg.get("sample_steps", 50),
                                 guidance=args.guidance if args.guidance is not None else run_cfg.get("guidance", 3.0),
                                 clip=tuple(args.clip))
-    model = load_prompt_model(run / "model")
+    model = load(run / "model")
     entries = load_prompts(args.prompts or run / "prompts_all.jsonl")
     prompts = [e.prompt for e in entries]
     labels = np.array([int(bool(e.memorized)) for e in entries])

@@ -20,7 +20,7 @@ from memgeo.models.classifier import (
     save_classifier,
     train_classifier,
 )
-from memgeo.models.prompt import load_prompt_model
+from memgeo.models.loading import load
 from memgeo.models.sampling import sample_ddim
 from memgeo.models.training import TrainConfig
 
@@ -157,7 +157,7 @@ def test_train_save_load_and_dispatch(tmp_path):
     x, caps = _tiny_data()
     res = train_caption_model(tiny_config(), TRAIN, x, caps, tmp_path / "m", progress=False)
     assert res.log[-1]["loss"] < res.log[0]["loss"]
-    loaded = load_prompt_model(tmp_path / "m")
+    loaded = load(tmp_path / "m")
     assert isinstance(loaded, CaptionDiffusionModel)
     assert not any(p.requires_grad for p in loaded.parameters())
     z = torch.randn(3, 1, 4, 4)
@@ -165,9 +165,9 @@ def test_train_save_load_and_dispatch(tmp_path):
     assert torch.allclose(loaded.eps(z, 0.3, cond), res.model.eps(z, 0.3, res.model.encode(CAPTIONS)), atol=1e-6)
     assert (tmp_path / "m" / "vocab.txt").read_text().split()[:2] == ["<pad>", "<bos>"]
     with pytest.raises(MemgeoError, match="neither"):
-        load_prompt_model(tmp_path)
+        load(tmp_path)
     with pytest.raises(MemgeoError, match="does not exist"):
-        load_prompt_model(tmp_path / "nope")
+        load(tmp_path / "nope")
     with pytest.raises(MemgeoError, match="one caption per image"):
         train_caption_model(tiny_config(), TRAIN, x, caps[:-1], progress=False)
 
@@ -248,7 +248,7 @@ def test_caption_bench_workflow_writes_a_complete_folder(tmp_path):
     assert len(load_prompts(tmp_path / "prompts_all.jsonl")) == 50
     train_x = np.load(tmp_path / "train_x.npy")
     assert train_x.shape == (200, 1, 8, 8)
-    model = load_prompt_model(tmp_path / "model")
+    model = load(tmp_path / "model")
     assert model.data_shape == (1, 8, 8) and load_classifier(tmp_path / "classifier").config.num_classes == 10
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["copy"]["memorized"]["n_generations"] == 10 == summary["copy"]["memorized"]["n_generations"]

@@ -35,12 +35,12 @@ from memgeo.models import (
     get_sampler,
     guided_eps,
     load_model,
-    load_model_spec,
     sample_ddim,
     sample_ddpm,
     save_model,
     train,
 )
+from memgeo.models.loading import load
 from memgeo.models.sampling import ddim_step, time_grid
 
 F64 = torch.float64
@@ -743,7 +743,7 @@ def test_corrupt_checkpoints_raise(straight_run, tmp_path):
         with pytest.raises(MemgeoError):
             load_model(folder)
         with pytest.raises(MemgeoError):
-            load_model_spec(str(folder))
+            load(str(folder))
     with pytest.raises(MemgeoError, match="does not exist"):
         load_model(tmp_path / "nowhere")
 
@@ -809,30 +809,30 @@ def test_edited_checkpoint_metadata_raises(straight_run, tmp_path):
         load_model(tmp_path / "missing")
 
 
-def test_load_model_spec(straight_run, tmp_path):
+def test_load_specs_and_checkpoints(straight_run, tmp_path):
     straight, out = straight_run
     g = torch.Generator().manual_seed(0)
     pts = torch.randn(9, 3, generator=g, dtype=F64)
     np.save(tmp_path / "pts.npy", pts.numpy())
-    emp = load_model_spec(f"empirical:{tmp_path / 'pts.npy'}")
+    emp = load(f"empirical:{tmp_path / 'pts.npy'}")
     assert isinstance(emp, EmpiricalMixtureScore)
     x = torch.randn(4, 3, generator=g, dtype=F64)
     torch.testing.assert_close(emp.score(x, 0.3), EmpiricalMixtureScore(pts).score(x, 0.3), rtol=0, atol=0)
     np.save(tmp_path / "pts32.npy", pts.numpy().astype(np.float32))
-    assert load_model_spec(f"empirical:{tmp_path / 'pts32.npy'}").points.dtype == torch.float32
+    assert load(f"empirical:{tmp_path / 'pts32.npy'}").points.dtype == torch.float32
 
     mean, cov = _gauss_params(True)
     np.save(tmp_path / "mean.npy", mean.numpy())
     np.save(tmp_path / "cov.npy", cov.numpy())
-    gm = load_model_spec(f"gaussian:{tmp_path / 'mean.npy'},{tmp_path / 'cov.npy'}")
+    gm = load(f"gaussian:{tmp_path / 'mean.npy'},{tmp_path / 'cov.npy'}")
     assert isinstance(gm, GaussianScore)
     torch.testing.assert_close(gm.score(x, 0.3), GaussianScore(mean, cov).score(x, 0.3), rtol=1e-14, atol=1e-14)
 
-    ck = load_model_spec(str(out))
+    ck = load(str(out))
     xs = torch.randn(3, 2, generator=g)
     with torch.no_grad():
         assert torch.equal(ck.eps(xs, 0.5), straight.model.eps(xs, 0.5))
-    assert isinstance(load_model_spec(str(out / "model.safetensors")), MLPEps)
+    assert isinstance(load(str(out / "model.safetensors")), MLPEps)
 
     bad = pts.numpy().copy()
     bad[2, 1] = np.nan
@@ -855,4 +855,4 @@ def test_load_model_spec(straight_run, tmp_path):
     }
     for spec, msg in errors.items():
         with pytest.raises(MemgeoError, match=msg):
-            load_model_spec(spec)
+            load(spec)

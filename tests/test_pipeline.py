@@ -13,7 +13,7 @@ from memgeo.errors import MemgeoError
 from memgeo.geometry.jacobian import ScoreJacobianOperator
 from memgeo.models.base import guided_eps
 from memgeo.models.pipeline import DiffusersPromptModel, build_tiny_pipeline
-from memgeo.models.prompt import load_prompt_model
+from memgeo.models.loading import load
 from memgeo.models.sampling import sample_ddim
 from memgeo.models.schedule import DiscreteSchedule, VPSchedule
 
@@ -29,12 +29,12 @@ def pixel_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pixel(pixel_folder):
-    return load_prompt_model(pixel_folder)
+    return load(pixel_folder)
 
 
 @pytest.fixture(scope="module")
 def latent(tmp_path_factory):
-    return load_prompt_model(build_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "latent", seed=1, latent=True))
+    return load(build_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "latent", seed=1, latent=True))
 
 
 def test_folder_layout_and_dispatch(pixel_folder, pixel):
@@ -144,7 +144,7 @@ def test_incomplete_folder_is_rejected(pixel_folder, tmp_path):
     shutil.copytree(pixel_folder, broken)
     shutil.rmtree(broken / "unet")
     with pytest.raises(MemgeoError, match="lacks unet"):
-        load_prompt_model(broken)
+        load(broken)
 
 
 def test_discrete_schedule_matches_vp_and_inverts():

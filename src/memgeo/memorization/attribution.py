@@ -74,7 +74,7 @@ def token_attribution(model: PromptDiffusionModel, prompts: Sequence[str], x_T: 
         raise MemgeoError(f"score {score!r} has no differentiable form for token attribution", "use score='wen'")
     if not isinstance(model, PromptDiffusionModel):
         raise MemgeoError(f"token attribution needs a prompt model, got {type(model).__name__}",
-                          "load the model with load_prompt_model")
+                          "load the model with memgeo.models.load")
     sampling = sampling or SamplingSettings()
     batch = model.tokenize(list(prompts))
     emb = model.token_embeddings(batch.ids).detach().requires_grad_(True)

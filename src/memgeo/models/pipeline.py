@@ -315,7 +315,7 @@ def _write_clip_vocab(folder: Path) -> None:
 
 def build_tiny_pipeline(folder: str | Path, seed: int = 0, latent: bool = False, max_length: int = 16,
                         scheduler=None) -> Path:
-    """Write a random-weight text-to-image pipeline folder (no network), loadable by ``load_prompt_model``.
+    """Write a random-weight text-to-image pipeline folder (no network), loadable by ``memgeo.models.load``.
 
     Pixel space (``latent=False``): UNet on (1, 8, 8) images. Latent space: a tiny ``AutoencoderKL``
     maps (1, 16, 16) images to (4, 8, 8) latents. Text: a 2-layer CLIP encoder (width 32) with a

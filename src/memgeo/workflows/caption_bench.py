@@ -3,7 +3,7 @@
 Writes into one folder (default ``runs/caption_digits``), which the prompt-level detection and
 mitigation runs read::
 
-    model/                   caption-model checkpoint (load_prompt_model), resumable training state
+    model/                   caption-model checkpoint (memgeo.models.load), resumable training state
     classifier/              digit classifier (load_classifier) for fidelity to the intended class
     prompts_memorized.jsonl  prompt, memorized=1, label, train_index (row of train_x it copies)
     prompts_generic.jsonl    prompt, memorized=0, label, train_index=null
