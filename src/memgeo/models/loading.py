@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import AfterValidator
 
 from memgeo.errors import MemgeoError, check_finite
 from memgeo.models.base import DiffusionModel
@@ -78,6 +80,15 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     raise MemgeoError(f"dtype {dtype!r} is not a supported floating dtype", f"use one of: {', '.join(DTYPES)}")
+
+
+def dtype_name(value: str) -> str:
+    """Validate a dtype name for configs: ``"float32"``, ``"bfloat16"``, ... (``"torch.float16"`` accepted)."""
+    return str(resolve_dtype(value)).removeprefix("torch.")
+
+
+#: A config field holding a dtype name, validated and normalised by :func:`dtype_name`.
+DTypeName = Annotated[str, AfterValidator(dtype_name)]
 
 
 # --- SPEC strings ----------------------------------------------------------------------------------

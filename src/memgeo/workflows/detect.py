@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from memgeo.data.prompt_sets import prompt_provenance, resolve_prompts
@@ -52,7 +52,7 @@ from memgeo.memorization.prompt_scores import (
 )
 from memgeo.memorization.prompt_scores.presets import SEEDINGS, get_preset
 from memgeo.models.base import model_dtype
-from memgeo.models.loading import load, resolve_dtype
+from memgeo.models.loading import DTypeName, load, resolve_dtype
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.prompt_html import add_token_attribution
@@ -84,12 +84,7 @@ class DetectConfig(BaseModel):
     batch_prompts: int = Field(8, ge=1)
     attribution_score: str | None = "wen"
     attribution_max_prompts: int = Field(40, ge=0)
-    dtype: str = "float32"
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        return str(resolve_dtype(value)).removeprefix("torch.")
+    dtype: DTypeName = "float32"
 
 
 def preset_options(name: str, scores: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:

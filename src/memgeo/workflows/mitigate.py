@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
@@ -42,7 +42,7 @@ from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copies import COPY_CRITERIA, label_copies
 from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigation
 from memgeo.models.base import model_dtype
-from memgeo.models.loading import load, resolve_dtype
+from memgeo.models.loading import DTypeName, load
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report
 from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
@@ -71,12 +71,7 @@ class MitigateConfig(BaseModel):
     max_prompts: int | None = Field(None, ge=1)
     seed: int = 0
     grid_prompts: int = Field(8, ge=0)
-    dtype: str = "float32"
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        return str(resolve_dtype(value)).removeprefix("torch.")
+    dtype: DTypeName = "float32"
 
 
 def _methods(cfg: MitigateConfig) -> dict[str, Mitigation]:

@@ -177,6 +177,15 @@ class NativeScoreField(DiffusionModel):
         return -expand_like(self.schedule.sigma(as_time(t, x.shape[0], x)), x) * self.score(x, t, cond)
 
 
+def first_step_field(model: DiffusionModel, sampling: SamplingSettings, convention: str
+                     ) -> tuple[float, DiffusionModel]:
+    """(t_1, the field whose Jacobian a score reads there): the model itself ("eps") or its native reading."""
+    t = sampling.first_time(model)
+    conv = resolve_convention(model, convention)
+    check_eps_readable(model, t, conv)
+    return t, (model if conv == "eps" else NativeScoreField(model))
+
+
 @register_prompt_score
 class Jeon(PromptScore):
     """||(H_c - H_u) d_s|| with d_s = s_c - s_u, H = score Jacobian, products J v; mean over the first steps.
@@ -357,10 +366,7 @@ class HessianDiff(PromptScore):
         self.convention = convention
 
     def rows(self, model, cond, x, sampling, cache):
-        t = sampling.first_time(model)
-        conv = resolve_convention(model, self.convention)
-        check_eps_readable(model, t, conv)
-        field = model if conv == "eps" else NativeScoreField(model)
+        t, field = first_step_field(model, sampling, self.convention)
         r = x.shape[0]
         xx, cc = _stack_cond_null(field, x, cond)
         f = flat_score_fn(field, as_time(t, 2 * r, x), cc)
@@ -390,11 +396,10 @@ class Sharpness(PromptScore):
         self.convention = convention
 
     def rows(self, model, cond, x, sampling, cache):
-        t = sampling.first_time(model)
-        conv = resolve_convention(model, self.convention)
-        check_eps_readable(model, t, conv)
-        field = model if conv == "eps" else NativeScoreField(model)
+        t, field = first_step_field(model, sampling, self.convention)
         jac = dense_score_jacobian(field, x, t, cond, self.chunk_size)
+        if jac.dtype in (torch.float16, torch.bfloat16):  # no eigh in these dtypes on CPU: the spectrum in float32
+            jac = jac.float()
         sigma = as_time(model.schedule.sigma(torch.tensor(t, dtype=torch.float64)), x.shape[0], jac)
         evals, asym = spectrum_from_jacobian(jac, sigma)
         res = SharpnessResult(t=as_time(t, x.shape[0], jac), sigma=sigma, eigenvalues_sigma2=evals, asymmetry=asym,
