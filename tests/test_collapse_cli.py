@@ -22,7 +22,7 @@ def test_cli_gaussian_replace_writes_summary_with_theory(run_cli, tmp_path):
     out = tmp_path / "g"
     code, stdout, err = run_cli("collapse", "--family", "gaussian", "--estimator", "mle", "--loop", "replace",
                                 "--n", "100", "--schedule", "constant", "--generations", "20", "--runs", "300",
-                                "--out", out)
+                                "--per-run-csv", "--json", "--out", out)
     assert code == 0, err
     for name in ("summary.csv", "runs.csv", "report.html", "config.json", "provenance.json", "metrics.json",
                  "fan_log_var_constant.png"):
@@ -50,6 +50,19 @@ def test_cli_theory_column_blank_without_closed_form_and_schedule_figure(run_cli
     assert len(rows) == 12 and {r["schedule"] for r in rows} == {"constant", "power:2"}
     assert all(r["theory_mean_log_var"] == "" for r in rows)
     assert (out / "schedules_log_var.png").is_file() and not (out / "runs.csv").exists()
+
+
+def test_per_run_csv_is_opt_in_and_stdout_is_a_rounded_sentence(run_cli, tmp_path):
+    out = tmp_path / "default"
+    code, stdout, err = run_cli("collapse", "--n", "50", "--generations", "4", "--runs", "30", "--out", out)
+    assert code == 0, err
+    assert (out / "summary.csv").is_file() and not (out / "runs.csv").exists()
+    assert json.loads((out / "metrics.json").read_text())["files"] == ["summary.csv"]
+    first = stdout.strip().splitlines()[0]
+    assert first.startswith("constant: generation 4 (n_T = 50): mean log_var ") and "±" in first
+    mean = float(_rows(out / "summary.csv")[4]["mean_log_var"])
+    shown, se = (float(v) for v in first.split("mean log_var ")[1].split(";")[0].split(" ± "))
+    assert abs(shown - mean) <= 0.51 * 10 ** -len(str(se).split(".")[1])  # rounded to se's 2nd digit, not cut
 
 
 def test_cli_other_families_and_loops(run_cli, tmp_path):

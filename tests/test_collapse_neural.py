@@ -19,7 +19,7 @@ def test_neural_config_through_cli(run_cli, tmp_path, single_thread):
            "n_eval": 100, "n_geometry": 4}
     path = tmp_path / "neural.json"
     path.write_text(json.dumps(cfg))
-    code, stdout, err = run_cli("collapse", "--config", path, "--out", tmp_path / "run")
+    code, stdout, err = run_cli("collapse", "--config", path, "--json", "--out", tmp_path / "run")
     assert code == 0, err
     final = json.loads(stdout)["replace"]
     assert len(final["trace_ratio"]) == 3 and final["trace_ratio"][0] == pytest.approx(1.0)

@@ -138,7 +138,10 @@ def simulate(family: Family, loop: str = "replace", schedule: Schedule | str = "
     params, pool = family.fit([real]), real
     weights[0] = 1.0
     record(params)
-    for t in tqdm(range(1, sizes.size), disable=not progress, desc=f"{loop} generations", leave=False):
+    # one tick per fitted generation (1 .. T): generation 1 above, the rest in the loop
+    bar = tqdm(total=int(sizes.size), disable=not progress, desc="collapse: generations", leave=False)
+    bar.update(1)
+    for t in range(1, sizes.size):
         n_t = int(sizes[t])
         synth = family.draw(params, n_t, rng)
         if loop == "replace":
@@ -157,6 +160,8 @@ def simulate(family: Family, loop: str = "replace", schedule: Schedule | str = "
             weights[t] = w
             params = family.fit([family.draw(truth, f_n, rng), synth], [w, 1.0 - w])
         record(params)
+        bar.update(1)
+    bar.close()
     out = {k: np.stack(v) for k, v in rows.items()}
     return History(sizes=sizes, metrics=out, weights=weights, final=params,
                    info={"loop": loop, "schedule": sched.name, "family": family.name, "runs": runs, "fresh_n": f_n})
