@@ -113,7 +113,8 @@ def recursive_diffusion(real: torch.Tensor, heldout: torch.Tensor, loop: str = "
     for t in range(1, generations + 1):
         t0 = time.perf_counter()
         train_set = batch if loop == "replace" else pool
-        res = train(mcfg, tcfg.model_copy(update={"seed": seed + t}), train_set, progress=progress)
+        res = train(mcfg, tcfg.model_copy(update={"seed": seed + t}), train_set,
+                    progress=f"collapse: training generation {t}" if progress else False)
         model = res.model
         m = max(n, n_eval)
         x = sample_ddim(model, torch.randn((m, *shape), generator=gen), steps=sample_steps, clip=clip).x0.detach()

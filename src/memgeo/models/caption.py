@@ -223,7 +223,7 @@ def load_caption_model(folder: str | Path, device: str | torch.device = "cpu") -
 
 # --- training -----------------------------------------------------------------------------------
 def train_caption_model(config: CaptionModelConfig, train_config: TrainConfig, data: torch.Tensor,
-                        captions: Sequence[str], out_dir: str | Path | None = None, *, progress: bool = True,
+                        captions: Sequence[str], out_dir: str | Path | None = None, *, progress: bool | str = True,
                         resume: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a caption model by denoising score matching with caption dropout.
 
@@ -265,7 +265,8 @@ def train_caption_model(config: CaptionModelConfig, train_config: TrainConfig, d
         return module.encode_embeddings(module.token_embeddings(ids), mask)
 
     return fit(net, train_config, data, caption_cond, out_dir, meta={CONFIG_KEY: config.model_dump_json()},
-               config_keys=(CONFIG_KEY,), save_inference=save_caption_model, progress=progress, resume=resume,
+               config_keys=(CONFIG_KEY,), save_inference=save_caption_model,
+               progress="training caption model" if progress is True else progress, resume=resume,
                on_log=on_log)
 
 

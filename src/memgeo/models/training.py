@@ -101,7 +101,7 @@ def _restore(tensors: dict[str, torch.Tensor], net: DiffusionModel, ema: Diffusi
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tensor,
-          labels: torch.Tensor | None = None, out_dir: str | Path | None = None, *, progress: bool = True,
+          labels: torch.Tensor | None = None, out_dir: str | Path | None = None, *, progress: bool | str = True,
           resume: bool = True, extra_metadata: dict[str, str] | None = None,
           on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a noise predictor by denoising score matching.
@@ -117,6 +117,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: torch.Tens
     out_dir : path, optional
         Checkpoint folder. Every ``checkpoint_every`` steps and at the end it receives
         ``model.safetensors`` (EMA weights), ``state.safetensors`` (resume state) and ``train_log.csv``.
+    progress : bool or str
+        Show a progress bar; a str names its task (default ``"training diffusion model"``).
     resume : bool
         Continue from ``out_dir/state.safetensors`` when it exists and its configs match (all settings
         except ``steps``, which may be raised to extend a finished run).
@@ -158,7 +160,7 @@ def fit(net: DiffusionModel, cfg: TrainConfig, data: torch.Tensor,
         cond_fn: Callable[[DiffusionModel, torch.Tensor, torch.Generator], torch.Tensor | None],
         out_dir: str | Path | None, *, meta: dict[str, str], config_keys: tuple[str, ...],
         save_inference: Callable[[DiffusionModel, Path, dict[str, str]], object],
-        progress: bool = True, resume: bool = True,
+        progress: bool | str = True, resume: bool = True,
         on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """The denoising score matching loop shared by :func:`train` and the caption model's trainer.
 
@@ -216,7 +218,8 @@ def fit(net: DiffusionModel, cfg: TrainConfig, data: torch.Tensor,
 
     net.train()
     running, n_running = 0.0, 0  # n_running: losses summed since the last log entry (fewer after a resume)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="training")
+    desc = progress if isinstance(progress, str) else "training diffusion model"
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc=desc)
     for step in bar:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         x0 = data[idx]

@@ -299,7 +299,7 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
     done = sum(r is not None for r in records)
     if done:
         say(f"resuming: {done} of {n} prompts already scored in {out / 'prompts'}")
-    bar = tqdm(total=n, initial=done, desc="prompts", disable=not progress)
+    bar = tqdm(total=n, initial=done, desc="scoring prompts", disable=not progress)
     t0 = time.perf_counter()
     for start in range(0, n, cfg.batch_prompts):
         idx = list(range(start, min(start + cfg.batch_prompts, n)))

@@ -228,7 +228,8 @@ def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True)
     for name, method in methods.items():
         folder = out / "records" / name
         done = 0
-        for i, entry in enumerate(tqdm(prompts, desc=name, disable=not progress, leave=False)):
+        desc = "sampling: baseline (no mitigation)" if name == "none" else f"mitigating: {name}"
+        for i, entry in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
             rec_path, npy_path = folder / f"{i:05d}.json", folder / f"{i:05d}.npy"
             if rec_path.is_file() and npy_path.is_file():
                 done += 1

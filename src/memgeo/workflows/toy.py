@@ -47,7 +47,7 @@ def run_toy(cfg: ToyConfig, out: Path, seed: int, report: Report) -> dict[str, A
     res = train(MLPConfig(data_shape=(2,), hidden=cfg.hidden, depth=cfg.depth),
                 TrainConfig(steps=cfg.steps, batch_size=256, lr=cfg.lr, checkpoint_every=max(cfg.steps // 3, 1),
                             log_every=max(cfg.steps // 10, 1), seed=seed),
-                ds.x, None, out / "toy_model", progress=True)
+                ds.x, None, out / "toy_model", progress="training 2-D toy model")
     model = res.model
     gen = torch.Generator().manual_seed(seed + 1)
     s = get_sampler("ddim")(model, torch.randn(cfg.n_samples, 2, generator=gen), steps=100, return_trajectory=True)
