@@ -7,15 +7,19 @@ Figures are rendered with matplotlib's Agg canvas without importing pyplot or sw
 global backend.
 """
 
+from memgeo.report.glossary import GLOSSARY, glossary, metric_label
 from memgeo.report.html import Report, format_value
 from memgeo.report.plots import (
     FLAT_THRESHOLD,
+    MMH_COLORS,
     PNG_SIGNATURE,
     POINT_MASS_VALUE,
     close_figure,
+    copy_pairs_grid,
     field_plot_2d,
     figure_to_png_bytes,
     image_grid,
+    mmh_scatter,
     roc_plot,
     save_figure,
     scatter_plot,
@@ -26,14 +30,20 @@ from memgeo.report.plots import (
 
 __all__ = [
     "FLAT_THRESHOLD",
+    "GLOSSARY",
+    "MMH_COLORS",
     "PNG_SIGNATURE",
     "POINT_MASS_VALUE",
     "Report",
     "close_figure",
+    "copy_pairs_grid",
     "field_plot_2d",
     "figure_to_png_bytes",
     "format_value",
+    "glossary",
     "image_grid",
+    "metric_label",
+    "mmh_scatter",
     "roc_plot",
     "save_figure",
     "scatter_plot",

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from memgeo.errors import MemgeoError
 from memgeo.io import _to_jsonable, atomic_write_text
+from memgeo.report.glossary import COLUMN_LABELS
 from memgeo.report.plots import PNG_SIGNATURE, close_figure, figure_to_png_bytes, image_grid
 
 __all__ = ["Report", "format_value"]
@@ -49,15 +50,27 @@ code { background: var(--bg-alt); padding: 1px 4px; border-radius: 3px; font-siz
 pre { background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
       overflow-x: auto; font-size: 0.85em; line-height: 1.4; }
 pre code { background: none; padding: 0; }
-.table-wrap { overflow-x: auto; margin: 8px 0; }
+.table-wrap { overflow-x: auto; max-width: 100%; margin: 8px 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 12px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: var(--bg-alt); font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace, Menlo, monospace; }
+td { overflow-wrap: anywhere; max-width: 36em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace, Menlo, monospace;
+         white-space: nowrap; }
+.verdict { border: 2px solid var(--accent); background: #eef4fb; border-radius: 8px; padding: 10px 18px;
+           margin: 10px 0 18px; font-size: 1.05em; }
+.verdict.warn { border-color: #b7791f; background: #fdf6e7; }
+.verdict h2 { border: none; margin: 4px 0 6px; padding: 0; font-size: 1.15em; }
+.verdict ul { margin: 4px 0; padding-left: 22px; }
+dl.glossary { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 6px 0; }
+dl.glossary dt { font-weight: 600; white-space: nowrap; }
+dl.glossary dd { margin: 0; }
+a.csv { font-size: 0.88em; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 table.metrics td:first-child { font-weight: 500; }
 .note { color: var(--muted); font-size: 0.85em; }
 figure { margin: 14px 0; }
+figure { max-width: 100%; overflow-x: auto; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 0.88em; margin-top: 4px; }
 details summary { cursor: pointer; color: var(--accent); }
@@ -121,6 +134,13 @@ def _cell(value: Any) -> str:
     return f"<td{cls}>{html.escape(format_value(value))}</td>"
 
 
+def _header(column: str, labels: Mapping[str, str] | None = None) -> str:
+    """Display name of a table column: ``labels``, then :data:`COLUMN_LABELS`, then the raw name."""
+    if labels and column in labels:
+        return str(labels[column])
+    return COLUMN_LABELS.get(str(column), str(column))
+
+
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts become dotted keys (``{"a": {"b": 1}} -> {"a.b": 1}``) for a flat key/value table."""
     flat: dict[str, Any] = {}
@@ -138,17 +158,21 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
 _HEADING = re.compile(r"^(#{1,4})\s+(.*)$")
+_SUB = re.compile(r"_\{([^{}<>]+)\}")
+_SUP = re.compile(r"\^\{([^{}<>]+)\}")
 
 
 def _inline(text: str) -> str:
-    """Escape ``text``, then turn `code` and **bold** into tags (only tags we generate ever appear)."""
+    """Escape ``text``, then turn `code`, **bold**, ``X_{sub}`` and ``X^{sup}`` into tags (only tags we
+    generate ever appear)."""
     parts = _CODE_SPAN.split(text)
     out = []
     for i, part in enumerate(parts):
         if i % 2:  # inside backticks: literal
             out.append(f"<code>{html.escape(part)}</code>")
         else:
-            out.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(part)))
+            tagged = _BOLD.sub(r"<strong>\1</strong>", html.escape(part))
+            out.append(_SUP.sub(r"<sup>\1</sup>", _SUB.sub(r"<sub>\1</sub>", tagged)))
     return "".join(out)
 
 
@@ -253,6 +277,8 @@ class Report:
         self.title = str(title)
         self.subtitle = subtitle
         self._blocks: list[_Block] = []
+        self._verdict: list[str] = []
+        self._verdict_warn = False
 
     # -- building --------------------------------------------------------------------------
 
@@ -263,6 +289,31 @@ class Report:
             anchor = f"s{len(self.headings) + 1}-{_slug(str(heading))}"
         self._blocks.append(_Block(None if heading is None else str(heading), anchor, body))
         return self
+
+    def add_verdict(self, text: str, warn: bool = False) -> Report:
+        """Add plain-language findings to the verdict box, which renders FIRST, above the contents.
+
+        ``text`` is Markdown-ish like :meth:`add_text` (a sentence, or a bullet list of findings with
+        their numbers and intervals); several calls add to the same box. ``warn`` colours the box as a
+        caution (e.g. no labels, so nothing could be evaluated).
+        """
+        self._verdict.append(_markdownish(text))
+        self._verdict_warn = self._verdict_warn or bool(warn)
+        return self
+
+    @property
+    def verdict(self) -> str:
+        """The verdict box's HTML ("" when none was added)."""
+        return "".join(self._verdict)
+
+    def add_glossary(self, entries: Mapping[str, str], heading: str | None = "Notation") -> Report:
+        """Add a definition list ``symbol: meaning`` (see :func:`memgeo.report.glossary.glossary`).
+
+        Both sides are Markdown-ish inline text, so ``LID_{model}`` and ``σ^{2}`` render as sub- and
+        superscripts.
+        """
+        items = "".join(f"<dt>{_inline(str(k))}</dt><dd>{_inline(str(v))}</dd>" for k, v in entries.items())
+        return self._add(f'<dl class="glossary">{items}</dl>', heading)
 
     def add_text(self, text: str, heading: str | None = None) -> Report:
         """Add plain or Markdown-ish text (paragraphs, lists, `code`, **bold**, fences); escaped."""
@@ -286,11 +337,29 @@ class Report:
         heading: str | None = None,
         max_rows: int = 50,
         columns: Sequence[str] | None = None,
+        *,
+        drop_constant: bool = False,
+        csv: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        note: str | None = None,
     ) -> Report:
         """Add a table of dict rows (columns: ``columns`` or the union of keys in first-seen order).
 
         Only the first ``max_rows`` rows are shown, with a note saying how many were left out
         (the full data belongs in a CSV next to the report).
+
+        Parameters
+        ----------
+        drop_constant : bool
+            Leave out columns with the same value in every row (2 rows or more) and name them with
+            their value in a note under the table.
+        csv : str, optional
+            File name of the full data, relative to the report (e.g. ``"scores.csv"``): a link
+            "full data: scores.csv" follows the table.
+        labels : dict, optional
+            Header text per column, on top of :data:`memgeo.report.glossary.COLUMN_LABELS`.
+        note : str, optional
+            A muted line under the table (Markdown-ish).
         """
         rows = [dict(r) for r in rows]
         if columns is None:
@@ -299,17 +368,30 @@ class Report:
                 cols.extend(k for k in r if k not in cols)
         else:
             cols = list(columns)
+        link = (f' <a class="csv" href="{html.escape(csv, quote=True)}">full data: {html.escape(csv)}</a>'
+                if csv else "")
         if not rows:
-            return self._add('<p class="note">(empty table)</p>', heading)
+            return self._add(f'<p class="note">(empty table){link}</p>', heading)
+        notes = []
+        if drop_constant and len(rows) > 1:
+            const = [c for c in cols if len({format_value(r.get(c)) for r in rows}) == 1]
+            if const:
+                cols = [c for c in cols if c not in const]
+                notes.append("Same in every row: " + "; ".join(
+                    f"{_header(c, labels)} = {format_value(rows[0].get(c)) or '(empty)'}" for c in const) + ".")
         shown = rows[: max(int(max_rows), 0)]
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+        head = "".join(f"<th>{html.escape(_header(c, labels))}</th>" for c in cols)
         body_rows = []
         for r in shown:
             body_rows.append(f"<tr>{''.join(_cell(r.get(c)) for c in cols)}</tr>")
         body = (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(body_rows)}</tbody></table></div>")
         if len(rows) > len(shown):
-            body += f'<p class="note">Showing {len(shown)} of {len(rows)} rows.</p>'
+            notes.append(f"Showing {len(shown)} of {len(rows)} rows.")
+        if note:
+            notes.append(note)
+        if notes or link:
+            body += f'<p class="note">{_inline(" ".join(notes))}{link}</p>'
         return self._add(body, heading)
 
     def add_figure(
@@ -391,13 +473,17 @@ class Report:
             else:
                 parts.append(f'<div class="block">{b.body}</div>')
         subtitle = f'<div class="subtitle">{esc(self.subtitle)}</div>' if self.subtitle else ""
+        verdict = ""
+        if self._verdict:
+            cls = "verdict warn" if self._verdict_warn else "verdict"
+            verdict = f'<section class="{cls}" id="verdict"><h2>Verdict</h2>\n{self.verdict}</section>\n'
         body = "\n".join(parts)
         return (
             "<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f"<header><h1>{esc(self.title)}</h1>{subtitle}</header>\n{toc}\n<main>\n{body}\n</main>\n"
+            f"<header><h1>{esc(self.title)}</h1>{subtitle}</header>\n{verdict}{toc}\n<main>\n{body}\n</main>\n"
             f"<footer>Generated by memgeo {esc(__version__)}.</footer>\n</body>\n</html>\n"
         )
 

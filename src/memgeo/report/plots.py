@@ -33,10 +33,13 @@ __all__ = [
     "FLAT_THRESHOLD",
     "PNG_SIGNATURE",
     "POINT_MASS_VALUE",
+    "MMH_COLORS",
     "close_figure",
+    "copy_pairs_grid",
     "field_plot_2d",
     "figure_to_png_bytes",
     "image_grid",
+    "mmh_scatter",
     "roc_plot",
     "save_figure",
     "scatter_plot",
@@ -386,8 +389,10 @@ def score_histogram(
 def roc_plot(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]],
     title: str | None = None,
+    log_fpr: bool = False,
+    min_fpr: float | None = None,
 ) -> Figure:
-    """ROC curves with the AUROC in the legend and the chance diagonal.
+    """ROC curves with the AUROC in the legend and the chance diagonal; optionally a log-FPR panel.
 
     Parameters
     ----------
@@ -395,16 +400,24 @@ def roc_plot(
         ``fpr`` and ``tpr`` of shape (K,) each (any K, same for both), ``auroc`` a float
         (``None`` or NaN shows as ``n/a``).
     title : str, optional
+    log_fpr : bool
+        Add a second panel with the false positive rate on a log axis, which spreads out the
+        corner where good detectors all sit (1 % FPR marked); the first panel stays linear.
+    min_fpr : float, optional
+        Left end of the log axis; default the smallest positive FPR of any curve (at least 1e-4),
+        i.e. one negative in the largest negative set.
 
     Returns
     -------
     Figure
-        One axes with ``len(curves)`` curve lines plus 1 diagonal line.
+        One axes with ``len(curves)`` curve lines plus 1 diagonal line; with ``log_fpr`` a second
+        axes with the same curves, the diagonal and a vertical line at FPR = 1 %.
     """
     check_groups(curves, "curves")
-    fig = new_figure(4.8, 4.6)
-    ax = fig.add_subplot()
+    fig = new_figure(9.6 if log_fpr else 4.8, 4.6)
+    ax = fig.add_subplot(1, 2, 1) if log_fpr else fig.add_subplot()
     colors = group_colors(list(curves))
+    parsed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, curve in curves.items():
         if len(curve) != 3:
             raise MemgeoError(f"curves[{name!r}] has {len(curve)} items", "pass a tuple (fpr, tpr, auroc)")
@@ -416,11 +429,37 @@ def roc_plot(
         auc = curve[2]
         auc_txt = "n/a" if auc is None or not np.isfinite(float(auc)) else f"{float(auc):.3f}"
         ax.plot(fpr, tpr, color=colors[name], linewidth=1.8, label=f"{name} (AUROC={auc_txt})")
+        parsed[name] = (fpr, tpr)
     ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1.0, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
-    finish_axes(ax, "false positive rate", "true positive rate", title, legend={"fontsize": 8, "loc": "lower right"})
+    finish_axes(ax, "false positive rate (FPR)", "true positive rate (TPR)", title if not log_fpr else None,
+                legend={"fontsize": 8, "loc": "lower right"})
+    if log_fpr:
+        ax2 = fig.add_subplot(1, 2, 2)
+        positive = [f[f > 0].min() for f, _ in parsed.values() if np.any(f > 0)]
+        lo = float(min_fpr) if min_fpr is not None else max(min(positive, default=1e-3), 1e-4)
+        lo = min(lo, 5e-3)
+        grid = np.geomspace(lo, 1.0, 200)
+        for name, (fpr, tpr) in parsed.items():
+            order = np.argsort(fpr, kind="stable")
+            # a step curve: at each FPR the best TPR reached so far (what a threshold there achieves)
+            best = np.maximum.accumulate(tpr[order])
+            idx = np.searchsorted(fpr[order], grid, side="right") - 1
+            ax2.plot(grid, np.where(idx >= 0, best[np.clip(idx, 0, None)], 0.0), color=colors[name], linewidth=1.8,
+                     drawstyle="steps-post", label=name)
+        ax2.plot(grid, grid, color="0.5", linestyle="--", linewidth=1.0, label="chance")
+        ax2.axvline(0.01, color="0.35", linestyle=":", linewidth=1.0, label="FPR = 1 %")
+        ax2.set_xscale("log")
+        ax2.set_xlim(lo, 1.0)
+        ax2.set_ylim(0, 1.01)
+        finish_axes(ax2, "false positive rate (log scale)", "true positive rate", None,
+                    legend={"fontsize": 8, "loc": "lower right"})
+        ax2.set_title("zoom: low-FPR corner", fontsize=10)
+        ax.set_title("ROC", fontsize=10)
+        if title:
+            fig.suptitle(title)
     return fig
 
 
@@ -476,6 +515,116 @@ def scatter_plot(
     return fig
 
 
+#: Colours of the MMH labels in every report (none, OD-Mem, DD-Mem).
+MMH_COLORS = {"none": "tab:blue", "OD-Mem": "tab:orange", "DD-Mem": "tab:red"}
+
+
+def mmh_scatter(
+    lid_data: np.ndarray,
+    lid_model: np.ndarray,
+    labels: Sequence[str] | np.ndarray,
+    model_low: float,
+    data_low: float,
+    is_copy: np.ndarray | None = None,
+    title: str | None = None,
+    t0: float | None = None,
+) -> Figure:
+    """LID_model against LID_data, coloured by MMH label, with both thresholds drawn.
+
+    Parameters
+    ----------
+    lid_data, lid_model : np.ndarray, shape (N,)
+    labels : array of str, shape (N,)
+        ``"none"``, ``"OD-Mem"`` or ``"DD-Mem"`` per point (other labels get grey).
+    model_low, data_low : float
+        The MMH thresholds: memorized below ``model_low`` (horizontal line), DD-Mem also left of
+        ``data_low`` (vertical line).
+    is_copy : np.ndarray of bool, shape (N,), optional
+        Ground-truth copies, ringed in black.
+    title : str, optional
+    t0 : float, optional
+        FLIPD's time, named in the y label.
+
+    Returns
+    -------
+    Figure
+        One axes: one scatter per label present (legend with counts), a ring scatter for copies
+        when given, a horizontal and a vertical threshold line; negative LID_model values (FLIPD
+        can be negative where the score is inaccurate) are shown as they are, below a line at 0.
+    """
+    xd = as_array(lid_data, "lid_data", (1,))
+    ym = as_array(lid_model, "lid_model", (1,))
+    lab = np.asarray(labels, dtype=object).reshape(-1)
+    if not (xd.shape == ym.shape == lab.shape):
+        raise MemgeoError(f"lid_data {xd.shape}, lid_model {ym.shape} and labels {lab.shape} differ",
+                          "pass one value and one label per point")
+    fig = new_figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    order = [k for k in MMH_COLORS if np.any(lab == k)] + [k for k in dict.fromkeys(lab.tolist()) if k not in MMH_COLORS]
+    for k in order:
+        m = lab == k
+        ax.scatter(xd[m], ym[m], s=16, alpha=0.8, color=MMH_COLORS.get(k, "0.5"), label=f"{k} (n={int(m.sum())})",
+                   zorder=3)
+    if is_copy is not None:
+        c = np.asarray(is_copy, dtype=bool).reshape(-1)
+        if c.shape != xd.shape:
+            raise MemgeoError(f"is_copy has {c.size} entries for {xd.size} points", "pass one bool per point")
+        if c.any():
+            ax.scatter(xd[c], ym[c], s=46, facecolors="none", edgecolors="black", linewidths=0.7,
+                       label=f"copies (n={int(c.sum())})", zorder=4)
+    ax.axhline(model_low, color="tab:red", linestyle="--", linewidth=1.1,
+               label=f"LID$_{{model}}$ threshold {model_low:.3g}")
+    ax.axvline(data_low, color="tab:purple", linestyle=":", linewidth=1.3,
+               label=f"LID$_{{data}}$ threshold {data_low:.3g}")
+    if np.nanmin(ym) < 0 if ym.size else False:
+        ax.axhline(0.0, color="0.3", linewidth=0.8, zorder=1)
+    ylabel = "LID$_{model}$ (FLIPD" + (f", $t_0$={t0:g})" if t0 is not None else ")")
+    finish_axes(ax, "LID$_{data}$ (local PCA on the training set), dimensions", ylabel + ", dimensions", title,
+                legend={"fontsize": 7, "loc": "best"})
+    return fig
+
+
+def copy_pairs_grid(
+    generated: np.ndarray,
+    matches: np.ndarray,
+    titles: Sequence[str] | None = None,
+    match_titles: Sequence[str] | None = None,
+    ncols: int = 6,
+    title: str | None = None,
+) -> Figure:
+    """Each generated image beside its nearest training image (the one it may copy).
+
+    Parameters
+    ----------
+    generated, matches : np.ndarray, shape (B, C, H, W) or (B, H, W)
+        Generations and their nearest training images, in [-1, 1].
+    titles, match_titles : sequence of str, length B, optional
+        Captions above each generation and each match.
+    ncols : int
+        Pairs per row (each pair takes two image columns).
+    title : str, optional
+
+    Returns
+    -------
+    Figure
+        ``2 B`` image axes ordered generation, match, generation, match, ...
+    """
+    g = as_array(generated, "generated", (3, 4))
+    m = as_array(matches, "matches", (3, 4))
+    if g.shape != m.shape:
+        raise MemgeoError(f"generated {g.shape} and matches {m.shape} differ", "pass one training match per image")
+    b = g.shape[0]
+    both = np.stack([g, m], axis=1).reshape((2 * b,) + g.shape[1:])
+    t = None
+    if titles is not None or match_titles is not None:
+        ta = list(titles) if titles is not None else ["generated"] * b
+        tb = list(match_titles) if match_titles is not None else ["training match"] * b
+        if len(ta) != b or len(tb) != b:
+            raise MemgeoError("titles need one entry per pair", "pass B titles")
+        t = [x for pair in zip(ta, tb) for x in pair]
+    return image_grid(both, titles=t, ncols=2 * max(1, min(ncols, b)), title=title)
+
+
 # --------------------------------------------------------------------------------------------
 # 2-D toy fields
 # --------------------------------------------------------------------------------------------
@@ -492,8 +641,9 @@ def field_plot_2d(
     samples: np.ndarray | None = None,
     title: str | None = None,
     max_arrows: int = 25,
+    points_label: str | None = None,
 ) -> Figure:
-    """Learned density and score field of a 2-D model, with the training data on top.
+    """Learned density and score field of a 2-D model, with the training data and generated samples on top.
 
     Grids follow ``np.meshgrid(grid_x, grid_y)`` ("xy" indexing): entry ``[i, j]`` is at
     ``(grid_x[j], grid_y[i])``.
@@ -517,6 +667,9 @@ def field_plot_2d(
     title : str, optional
     max_arrows : int
         Arrows per axis at most.
+    points_label : str, optional
+        Legend text of the training points (default ``"training points (n=N)"``); pass the count the
+        run logs when ``points`` holds only the distinct rows of a training set with duplicates.
 
     Returns
     -------
@@ -565,20 +718,21 @@ def field_plot_2d(
     ax.quiver(xx[::sy, ::sx], yy[::sy, ::sx], np.nan_to_num(uu[::sy, ::sx]), np.nan_to_num(vv[::sy, ::sx]),
               color="white" if log_density is not None else "0.3", alpha=0.8, pivot="mid",
               angles="xy", scale_units="width", scale=max_arrows * 1.4, width=0.003)
-    ax.scatter(pts[:, 0], pts[:, 1], s=22, c="tab:red", edgecolors="black", linewidths=0.5,
-               label=f"training points (n={len(pts)})", zorder=3)
+    # Training dots small and faded, generated samples drawn above them (zorder) so neither hides the other.
+    ax.scatter(pts[:, 0], pts[:, 1], s=9, c="tab:red", edgecolors="none", alpha=0.55,
+               label=points_label or f"training points (n={len(pts)})", zorder=3)
     if duplicate_point is not None:
         dup = as_array(duplicate_point, "duplicate_point", (1,))
         if dup.shape != (2,):
             raise MemgeoError(f"duplicate_point has shape {dup.shape}", "pass one 2-D point of shape (2,)")
         ax.scatter([dup[0]], [dup[1]], s=380, marker="*", c="gold", edgecolors="black", linewidths=1.2,
-                   label="duplicated point", zorder=5)
+                   label="duplicated point", zorder=5, alpha=0.8)
     if samples is not None:
         smp = as_array(samples, "samples", (2,))
         if smp.shape[1] != 2:
             raise MemgeoError(f"samples has shape {smp.shape}", "pass 2-D samples of shape (M, 2)")
-        ax.scatter(smp[:, 0], smp[:, 1], s=10, marker="x", c="tab:orange", linewidths=0.9,
-                   label=f"samples (n={len(smp)})", zorder=4)
+        ax.scatter(smp[:, 0], smp[:, 1], s=14, marker="o", c="white", edgecolors="black", linewidths=0.6,
+                   label=f"generated samples (n={len(smp)})", zorder=6)
     ax.set_xlim(float(gx.min()), float(gx.max()))
     ax.set_ylim(float(gy.min()), float(gy.max()))
     ax.set_aspect("equal")
