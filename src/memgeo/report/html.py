@@ -331,6 +331,19 @@ class Report:
             body = '<p class="note">(no metrics)</p>'
         return self._add(body, heading)
 
+    def add_key_numbers(self, items: Sequence[tuple[str, Any]], heading: str | None = None,
+                        csv: str | None = None) -> Report:
+        """Add a short ``quantity | value`` table of hand-picked numbers.
+
+        Quantity names are Markdown-ish inline text (``LID_{model}`` renders with a subscript);
+        ``csv`` links the file holding every number (e.g. ``"metrics.json"``).
+        """
+        body = "".join(f"<tr><td>{_inline(str(k))}</td>{_cell(v)}</tr>" for k, v in items)
+        link = (f'<p class="note"><a class="csv" href="{html.escape(csv, quote=True)}">full data: '
+                f"{html.escape(csv)}</a></p>" if csv else "")
+        return self._add('<div class="table-wrap"><table class="metrics"><thead><tr><th>quantity</th><th>value</th>'
+                         f"</tr></thead><tbody>{body}</tbody></table></div>{link}", heading)
+
     def add_table(
         self,
         rows: Sequence[Mapping[str, Any]],
