@@ -29,10 +29,11 @@ from memgeo.models.base import DiffusionModel
 from memgeo.models.sampling import sample_ddim
 
 
-def sample_forward_evals(sampling: SamplingSettings) -> int:
-    """Forward evaluations per generation of the guided DDIM sampler (steps + final denoise)."""
+def sample_forward_evals(model: DiffusionModel, sampling: SamplingSettings) -> int:
+    """Forward evaluations per generation of the guided sampler on the model's grid (memgeo's grids:
+    steps + the final denoise; a pipeline's scheduler grid: steps)."""
     per_step = 1 if sampling.guidance in (0.0, 1.0) else 2
-    return per_step * (sampling.steps + 1)
+    return per_step * sampling.grid(model).evaluations
 
 
 def generated_samples(model: DiffusionModel, cond: torch.Tensor, x: torch.Tensor, sampling: SamplingSettings,
@@ -97,9 +98,9 @@ class _FlipdScore(PromptScore):
                 raise
             lid = exact_flipd(model, x0, self.t0, c)
         if trace == "exact":
-            cost = RowCost(forward=sample_forward_evals(sampling) + 2, derivative=model.dim)
+            cost = RowCost(forward=sample_forward_evals(model, sampling) + 2, derivative=model.dim)
         else:
-            cost = RowCost(forward=sample_forward_evals(sampling) + 1 + est.result_.n_matvecs,
+            cost = RowCost(forward=sample_forward_evals(model, sampling) + 1 + est.result_.n_matvecs,
                            derivative=est.result_.n_matvecs)
         return -lid, {"lid": lid}, cost
 
