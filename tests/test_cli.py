@@ -103,7 +103,7 @@ def test_errors_name_the_problem(run_cli, patch_files, tmp_path):
 def test_train_sample_sharpness_chain(run_cli, tmp_path):
     model_dir = tmp_path / "model"
     code, stdout, err = run_cli("train", "--data", "toy2d", "--no-conditional", "--hidden", "32", "--depth", "1",
-                                "--steps", "60", "--checkpoint-every", "30", "--out", model_dir)
+                                "--steps", "60", "--checkpoint-every", "30", "--json", "--out", model_dir)
     assert code == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 60 and summary["final_loss"] > 0
@@ -112,7 +112,7 @@ def test_train_sample_sharpness_chain(run_cli, tmp_path):
 
     # Re-running with the same settings resumes (nothing left to do) instead of starting over.
     code, stdout, err = run_cli("train", "--data", "toy2d", "--no-conditional", "--hidden", "32", "--depth", "1",
-                                "--steps", "60", "--checkpoint-every", "30", "--out", model_dir)
+                                "--steps", "60", "--checkpoint-every", "30", "--json", "--out", model_dir)
     assert code == 0, err
     assert json.loads(stdout.strip().splitlines()[-1])["resumed_from"] == 60
 

@@ -52,7 +52,8 @@ def test_detect_end_to_end_on_a_caption_checkpoint(run_cli, caption_folder, tmp_
     out = tmp_path / "run"
     code, stdout, err = run_cli(*_args(caption_folder, out, "--scores", "wen,jeon,jeon_vjp,sharpness,flipd_cond",
                                        "--generations", "2", "--labels-from-field", "memorized",
-                                       "--train-data", str(caption_folder / "train_x.npy"), "--wen-window", "0:2"))
+                                       "--train-data", str(caption_folder / "train_x.npy"), "--wen-window", "0:2",
+                                       "--json"))
     assert code == 0, err
     brief = json.loads(stdout)
     assert brief["n_prompts"] == 6 and set(brief["scores"]) == {"wen", "jeon", "jeon_vjp", "sharpness", "flipd_cond"}

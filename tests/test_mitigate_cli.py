@@ -52,7 +52,7 @@ def read_rows(path):
 
 
 def test_cli_end_to_end(assets, tmp_path, run_cli):
-    code, stdout, err = run_cli(*args(assets, tmp_path / "run"))
+    code, stdout, err = run_cli(*args(assets, tmp_path / "run", "--json"))
     assert code == 0, err
     table = json.loads(stdout)
     assert [r["method"] for r in table] == ["none", "sail", "jain_delayed"]
@@ -161,7 +161,7 @@ def test_latent_pipeline_folder_is_decoded(tmp_path, run_cli):
     params = '{"sail": {"opt_steps": 1}, "wen_prompt": {"opt_steps": 1}}'
     code, stdout, err = run_cli("mitigate", "--model", folder, "--prompts", tmp_path / "p.txt", "--method",
                                 "sail,wen_prompt", "--params", params, "--generations", "1", "--steps", "2",
-                                "--no-progress", "--out", tmp_path / "run")
+                                "--no-progress", "--json", "--out", tmp_path / "run")
     assert code == 0, err
     x = np.load(tmp_path / "run" / "records" / "sail" / "00001.npy")
     assert x.shape == (1, 1, 16, 16) and np.isfinite(x).all() and np.abs(x).max() <= 1.0

@@ -14,15 +14,18 @@ from typing import Annotated
 import typer
 
 from memgeo.cli.common import Out, Seed, app, load_config
+from memgeo.cli.output import Json, auroc_text, emit, num
 from memgeo.errors import MemgeoError
 
 MODEL_HELP = ("memgeo checkpoint folder (label or caption model), diffusers pipeline folder (SD 1.x/2.x, SDXL, "
               "SD3), empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")
 PROMPT_RULE = ("Prompt models only. One prompt conditions every row; several are paired with the rows in order "
                "(row i gets prompt i: give exactly one per row); none means the empty prompt.")
-Prompt = Annotated[list[str], typer.Option("--prompt", help="A prompt (repeat the option for several). " + PROMPT_RULE)]
+Prompt = Annotated[list[str], typer.Option("--prompt", help="A prompt (repeat the option for several). " + PROMPT_RULE
+                                            + " [default: none]")]
 PromptFile = Annotated[Path, typer.Option("--prompt-file", help="Prompt file (.txt one per line, .jsonl, .csv) "
-                                                                 "instead of --prompt; same pairing rule.")]
+                                                                 "instead of --prompt; same pairing rule. "
+                                                                 "[default: none]")]
 
 
 def _prompt_options(prompt: list[str] | None, prompt_file: Path | None) -> dict[str, object]:
@@ -56,25 +59,35 @@ def demo(
 
 @app.command("train")
 def train_cmd(
-    data: Annotated[str, typer.Option(help="Data SPEC: digits, mnist[:PATH], toy2d, npy:FILE.")] = None,
-    arch: Annotated[str, typer.Option(help="mlp or unet.")] = None,
-    conditional: Annotated[bool, typer.Option(help="Class-conditional (needs labels).")] = None,
-    hidden: Annotated[int, typer.Option(help="MLP width.")] = None,
-    depth: Annotated[int, typer.Option(help="MLP residual blocks.")] = None,
+    data: Annotated[str, typer.Option(help="Data SPEC: digits, mnist[:PATH], toy2d, npy:FILE. "
+                                           "[default: digits]")] = None,
+    arch: Annotated[str, typer.Option(help="mlp or unet. [default: mlp]")] = None,
+    conditional: Annotated[bool, typer.Option(help="Class-conditional (needs labels); --no-conditional for "
+                                                   "unlabelled data. [default: conditional]")] = None,
+    hidden: Annotated[int, typer.Option(help="MLP width. [default: 256]")] = None,
+    depth: Annotated[int, typer.Option(help="MLP residual blocks. [default: 3]")] = None,
     prediction: Annotated[str, typer.Option(help="Network output: eps (noise) or x0 (clean data; better "
-                                                 "Jacobians off the data manifold, see docs/design.md).")] = None,
-    memorize_class: Annotated[int, typer.Option(help="Replace this class by copies of one image.")] = None,
-    copies: Annotated[int, typer.Option(help="Copies put in for --memorize-class.")] = None,
-    fraction: Annotated[float, typer.Option(help="Share of the class replaced.")] = None,
-    steps: Annotated[int, typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = None,
-    config: Annotated[Path, typer.Option(help="TrainRunConfig JSON; options override it.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = None,
+                                                 "Jacobians off the data manifold, see docs/design.md). "
+                                                 "[default: eps]")] = None,
+    memorize_class: Annotated[int, typer.Option(help="Replace this class by copies of one image. "
+                                                     "[default: none]")] = None,
+    copies: Annotated[int, typer.Option(help="Copies put in for --memorize-class. [default: the class "
+                                             "size]")] = None,
+    fraction: Annotated[float, typer.Option(help="Share of the class replaced. [default: 1.0]")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps. [default: 4000]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size. [default: 256]")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate. [default: 0.001]")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints. [default: 1000]")] = None,
+    config: Annotated[Path, typer.Option(help="TrainRunConfig JSON; options override it. [default: none]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed. [default: 0]")] = None,
+    json_out: Json = False,
     out: Out = Path("runs/model"),
 ) -> None:
-    """Train a diffusion model; OUT becomes a checkpoint folder (rerun to resume)."""
+    """Train a diffusion model; OUT becomes a checkpoint folder (rerun to resume).
+
+    \b
+    Example: memgeo train --data digits --memorize-class 9 --steps 4000 --out runs/model
+    """
     from memgeo.workflows.commands import TrainRunConfig, run_train
 
     cfg = load_config(config, TrainRunConfig, {
@@ -82,55 +95,84 @@ def train_cmd(
         "prediction": prediction, "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
         "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
         "train.seed": seed})
-    typer.echo(json.dumps(run_train(cfg, out)))
+    summary = run_train(cfg, out)
+    line = f"trained {summary['steps']} steps"
+    if summary.get("resumed_from"):
+        line += f" (resumed from step {summary['resumed_from']})"
+    line += (f" on {summary['n_train']} rows in {num(summary['seconds'], 3)} s, final loss "
+             f"{num(summary['final_loss'])}; checkpoint and report in {out}")
+    emit(json_out, summary, line)
 
 
 @app.command()
 def sample(
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
-    cond: Annotated[int, typer.Option(help="Class to condition on (default: unconditional).")] = None,
+    cond: Annotated[int, typer.Option(help="Class to condition on. [default: none (unconditional)]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
     sampler: Annotated[str, typer.Option(help="ddim or ddpm.")] = "ddim",
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 100,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight.")] = 1.0,
-    train_data: Annotated[str, typer.Option(help="Data SPEC of the training set, to label copies.")] = None,
+    train_data: Annotated[str, typer.Option(help="Data SPEC of the training set, to label copies. "
+                                                 "[default: none (no copy labels)]")] = None,
     seed: Seed = 0,
+    json_out: Json = False,
     out: Out = Path("runs/samples"),
 ) -> None:
     """Generate samples from a model (and label copies of the training data).
 
     Writes samples.npy in the model's space (latents for a pipeline with a VAE, which also gets images.npy).
+
+    \b
+    Example: memgeo sample --model runs/model --n 100 --cond 9 --train-data digits --out runs/samples
     """
     from memgeo.workflows.commands import SampleRunConfig, run_sample
 
     cfg = load_config(None, SampleRunConfig, dict(model=model, n=n, cond=cond, sampler=sampler, steps=steps,
                                                    guidance=guidance, train_data=train_data, seed=seed,
                                                    **_prompt_options(prompt, prompt_file)))
-    typer.echo(json.dumps(run_sample(cfg, out)))
+    summary = run_sample(cfg, out)
+    line = (f"{summary['n']} samples ({summary['network_evaluations']} network evaluations each) in "
+            f"{out / 'samples.npy'}")
+    if "copies" in summary:
+        c = summary["copies"]
+        line += f"; {c['n_copies']} of {c['n_samples']} copy a training example (copy rate {num(c['copy_rate'])})"
+    emit(json_out, summary, line)
 
 
 @app.command()
 def sharpness(
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
-    t: Annotated[float, typer.Option("--t", help="Diffusion time in (0, 1].")] = None,
-    sigma: Annotated[float, typer.Option("--sigma", help="Noise scale (instead of --t).")] = None,
-    cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
-    labels: Annotated[Path, typer.Option(help=".npy of one class per point (instead of --cond).")] = None,
+    t: Annotated[float, typer.Option("--t", help="Diffusion time in (0, 1]; give exactly one of --t and "
+                                                 "--sigma. [default: none]")] = None,
+    sigma: Annotated[float, typer.Option("--sigma", help="Noise scale (instead of --t). [default: none]")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point (conditional models). "
+                                           "[default: none (unconditional)]")] = None,
+    labels: Annotated[Path, typer.Option(help=".npy of one class per point (instead of --cond). "
+                                              "[default: none]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
-    at: Annotated[str, typer.Option(help="scaled (psi_t x, default) or raw (x as given).")] = "scaled",
+    at: Annotated[str, typer.Option(help="scaled (psi_t x) or raw (x as given).")] = "scaled",
+    json_out: Json = False,
     out: Out = Path("runs/sharpness"),
 ) -> None:
-    """Hessian spectrum of log p_t (in units of sigma^2) at each point; writes sharpness.json."""
+    """Hessian spectrum of log p_t (in units of sigma^2) at each point; writes sharpness.json.
+
+    \b
+    Example: memgeo sharpness --model runs/model --points runs/samples/samples.npy --t 0.1 --out runs/sharpness
+    """
     from memgeo.workflows.commands import SharpnessRunConfig, run_sharpness
 
     cfg = load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
                                                       labels=str(labels) if labels else None, at=at,
                                                       **_prompt_options(prompt, prompt_file)))
-    typer.echo(json.dumps(run_sharpness(cfg, out)))
+    summary = run_sharpness(cfg, out)
+    emit(json_out, summary,
+         f"sharpness of {summary['n_points']} points at t = {num(summary['t'])} (sigma = {num(summary['sigma'])}): "
+         f"mean {num(summary['mean_sharpness'])}; on average {num(summary['mean_n_flat'], 3)} flat and "
+         f"{num(summary['mean_n_positive'], 3)} positive directions; per point in {out / 'sharpness.json'}")
 
 
 def _t0(value: str | None) -> float | str | None:
@@ -147,45 +189,68 @@ def lid(
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
     estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need --model); cfdm, lpca, mle, "
                                                 "twonn (need --data).")] = "flipd",
-    model: Annotated[str, typer.Option(help="Model-based estimators: " + MODEL_HELP)] = None,
-    data: Annotated[str, typer.Option(help="Reference data, TRAIN.npy or a data SPEC (model-free estimators).")] = None,
-    t0: Annotated[str, typer.Option(help="Diffusion time of FLIPD-type estimators, or 'auto'.")] = None,
-    trace: Annotated[str, typer.Option(help="exact, hutchinson or hutch++ (FLIPD).")] = None,
-    n_probes: Annotated[int, typer.Option(help="Probe vectors of a stochastic trace.")] = None,
-    k: Annotated[int, typer.Option(help="Neighbours of model-free estimators.")] = None,
-    cond: Annotated[int, typer.Option(help="Class for every point (conditional models).")] = None,
+    model: Annotated[str, typer.Option(help="Model-based estimators: " + MODEL_HELP + " [default: none]")] = None,
+    data: Annotated[str, typer.Option(help="Reference data, TRAIN.npy or a data SPEC (model-free estimators). "
+                                           "[default: none]")] = None,
+    t0: Annotated[str, typer.Option(help="Diffusion time of FLIPD-type estimators, or 'auto'. [default: the "
+                                         "estimator's: 0.05 for flipd, 0.01 for normal_bundle]")] = None,
+    trace: Annotated[str, typer.Option(help="exact, hutchinson or hutch++ (FLIPD). [default: exact]")] = None,
+    n_probes: Annotated[int, typer.Option(help="Probe vectors of a stochastic trace. [default: 8]")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours of model-free estimators. [default: the estimator's: 50 for "
+                                        "lpca and twonn, 20 for mle]")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point (conditional models). "
+                                           "[default: none (unconditional)]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
+    json_out: Json = False,
     out: Out = Path("runs/lid"),
 ) -> None:
-    """Local intrinsic dimension of each point; writes lid.json (list `lid` in point order) and lid.csv."""
+    """Local intrinsic dimension of each point; writes lid.json (list `lid` in point order) and lid.csv.
+
+    \b
+    Example: memgeo lid --points runs/samples/samples.npy --estimator flipd --model runs/model --out runs/lid
+    """
     from memgeo.workflows.lid_runs import LIDRunConfig, run_lid
 
     params = {"t0": _t0(t0), "trace": trace, "n_probes": n_probes, "k": k}
     cfg = load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
                                                 params={a: b for a, b in params.items() if b is not None}, cond=cond,
                                                 **_prompt_options(prompt, prompt_file)))
-    typer.echo(json.dumps(run_lid(cfg, out)))
+    summary = run_lid(cfg, out)
+    line = f"LID ({summary['estimator']}) of {summary['n_points']} points: mean {num(summary['mean'], 3)}"
+    if summary.get("t0_used") is not None:
+        line += f" at t0 = {num(summary['t0_used'])}"
+    emit(json_out, summary, line + f"; per point in {out / 'lid.csv'}")
 
 
 @app.command()
 def audit(
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy of generated samples.")],
-    train_data: Annotated[str, typer.Option(help="Training data (labels copies; default reference).")] = None,
-    reference: Annotated[str, typer.Option(help="Data for LID_data if not the training data.")] = None,
-    labels: Annotated[Path, typer.Option(help=".npy of one class per point (conditional models).")] = None,
-    cond: Annotated[int, typer.Option(help="Class for every point.")] = None,
+    train_data: Annotated[str, typer.Option(help="Training data (labels copies; default reference). "
+                                                 "[default: none]")] = None,
+    reference: Annotated[str, typer.Option(help="Data for LID_data if not the training data. "
+                                                "[default: --train-data]")] = None,
+    labels: Annotated[Path, typer.Option(help=".npy of one class per point (conditional models). "
+                                              "[default: none]")] = None,
+    cond: Annotated[int, typer.Option(help="Class for every point. [default: none (unconditional)]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
     t0: Annotated[float, typer.Option(help="FLIPD time for LID_model.")] = 0.05,
     sharpness_t: Annotated[float, typer.Option(help="Time of the sharpness spectrum.")] = 0.1,
     lid_data: Annotated[str, typer.Option(help="Model-free LID_data estimator: lpca, mle, twonn, cfdm.")] = "lpca",
-    model_low: Annotated[float, typer.Option(help="LID_model below this is memorized (default: relative).")] = None,
-    data_low: Annotated[float, typer.Option(help="LID_data below this makes it DD-Mem (default: relative).")] = None,
+    model_low: Annotated[float, typer.Option(help="LID_model below this is memorized. [default: relative to the "
+                                                  "reference's typical LID, see docs]")] = None,
+    data_low: Annotated[float, typer.Option(help="LID_data below this makes it DD-Mem. [default: relative to the "
+                                                 "reference's typical LID, see docs]")] = None,
+    json_out: Json = False,
     out: Out = Path("runs/audit"),
 ) -> None:
-    """Sharpness + LID_model (FLIPD) + LID_data + MMH labels (none / OD-Mem / DD-Mem) per sample."""
+    """Sharpness + LID_model (FLIPD) + LID_data + MMH labels (none / OD-Mem / DD-Mem) per sample.
+
+    \b
+    Example: memgeo audit --model runs/model --points runs/samples/samples.npy --train-data digits --out runs/audit
+    """
     from memgeo.workflows.lid_runs import AuditConfig, run_audit
 
     cfg = load_config(None, AuditConfig, dict(
@@ -193,7 +258,21 @@ def audit(
         labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
         model_low=model_low, data_low=data_low, **_prompt_options(prompt, prompt_file)))
     summary = run_audit(cfg, out)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "detection"}))
+    emit(json_out, {k: v for k, v in summary.items() if k != "detection"}, _audit_lines(summary, out))
+
+
+def _audit_lines(summary: dict, out: Path) -> list[str]:
+    """MMH counts with their thresholds, then (with training data) copies and the AUROC of each score."""
+    mmh = summary["mmh"]
+    counts = ", ".join(f"{v} {k}" for k, v in mmh["counts"].items())
+    lines = [f"audit of {summary['n']} samples: {counts} (memorized: LID_model < {num(mmh['model_low'], 3)}; "
+             f"DD-Mem: also LID_data < {num(mmh['data_low'], 3)})"]
+    if "copies" in summary:
+        c = summary["copies"]
+        lines.append(f"{c['n_copies']} of {c['n_samples']} samples copy a training example; AUROC for copies: "
+                     + ", ".join(f"{k} {auroc_text(v)}" for k, v in summary["detection"].items()))
+    lines.append(f"per sample in {out / 'audit.csv'}")
+    return lines
 
 
 # Commands of later capabilities live in their own modules and register on `app` when imported.

@@ -83,6 +83,7 @@ def collapse(
 ) -> None:
     """Recursive training on synthetic data: simulate, compare with theory, write summary.csv and a report.
 
+    \b
     Example: memgeo collapse --family gaussian --loop accumulate --schedule constant,power:2 --out runs/collapse
     """
     if _is_neural(config):

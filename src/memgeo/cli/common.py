@@ -16,7 +16,10 @@ from pydantic import BaseModel, ValidationError
 
 from memgeo.errors import MemgeoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are plain text, so "[default: ...]" in a help string is printed as
+# written (rich markup would swallow it as a style tag).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 120},
                   help="Measure, explain and prevent memorization in generative models.")
 
 Out = Annotated[Path, typer.Option("--out", help="Output folder (created; files are written atomically).")]
@@ -27,12 +30,9 @@ def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, An
     """Config file (JSON) first, then the command-line options that were given."""
     base: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise MemgeoError(f"config file {path} does not exist", "check --config")
-        try:
-            base = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise MemgeoError(f"config file {path} is not valid JSON ({exc})", "fix the file") from exc
+        from memgeo.io import read_json_file
+
+        base = read_json_file(path, "config file")  # a JSON object in UTF-8, else a one-line error
     for key, value in overrides.items():
         if value is None:
             continue
@@ -42,6 +42,9 @@ def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, An
             base[outer] = {**(base[outer] if isinstance(base[outer], dict) else base[outer]), inner: value}
         else:
             base[key] = value
+    from memgeo.errors import check_option_values
+
+    check_option_values(base)  # NaN/inf numbers and non-UTF-8 text are refused for every option
     try:
         return cls.model_validate(base)
     except ValidationError as exc:

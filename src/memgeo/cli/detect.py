@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from memgeo.cli.common import Out, app, load_config
+from memgeo.cli.output import Json, auroc_text, emit, num
 
 
 @app.command()
@@ -19,14 +19,17 @@ def detect(
                                               "sd1, sd2, rv, rv_full (memorized + non-memorized lists from "
                                               "$MEMGEO_DATA/prompts, or NAME:FOLDER); sets label themselves.")],
     preset: Annotated[str, typer.Option(help="A paper's published detection settings: wen2024, jeon2025, "
-                                             "asthana2026 (docs/paper_conventions.md). Explicit options win.")] = None,
+                                             "asthana2026 (docs/paper_conventions.md). Explicit options win. "
+                                             "[default: none]")] = None,
     scores: Annotated[str, typer.Option(help="Comma-separated: wen, jeon, jeon_vjp, asthana, hessian_diff, "
                                              "sharpness, flipd_cond, flipd_uncond. [default: all first-step scores; "
                                              "with --preset, the paper's own]")] = None,
     generations: Annotated[int, typer.Option(help="Generations (initial noises) per prompt. [default: 1]")] = None,
     labels_from_field: Annotated[str, typer.Option(help="Prompt-file field holding 0/1 memorized labels "
-                                                        "(enables AUROC).")] = None,
-    train_data: Annotated[Path, typer.Option(help="train_x.npy: label copies of the generations (full sampling).")] = None,
+                                                        "(enables AUROC). [default: none; benchmark sets label "
+                                                        "themselves]")] = None,
+    train_data: Annotated[Path, typer.Option(help="train_x.npy: label copies of the generations (full sampling). "
+                                                  "[default: none]")] = None,
     steps: Annotated[int, typer.Option(help="Sampling steps: pipeline folders use their scheduler's timesteps for "
                                             "this many steps (SD 1.x, 50: 981, 961, ...). [default: 50]")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight of the sampler. [default: 3]")] = None,
@@ -48,19 +51,22 @@ def detect(
     seeding: Annotated[str, typer.Option(help="per_prompt (prompt i: seed + i) or shared (the same noise for every "
                                               "prompt). [default: per_prompt]")] = None,
     clip: Annotated[str, typer.Option(help="Clamp the sampler's x0 prediction to LOW:HIGH (e.g. -1:1 for "
-                                           "pixel models); default none.")] = None,
+                                           "pixel models). [default: none]")] = None,
     batch: Annotated[int, typer.Option(help="Prompts per batch (also the resume granularity). [default: 8]")] = None,
     attribution: Annotated[str, typer.Option(help="Score for token attribution ('none' to skip). [default: wen]")] = None,
     dtype: Annotated[str, typer.Option(help="Precision of the network passes: float32, bfloat16 or float16 (the "
                                             "noise is drawn in float32 and cast; a score the CPU cannot run in "
                                             "that dtype stops with an error). [default: float32]")] = None,
-    config: Annotated[Path, typer.Option(help="DetectConfig JSON; options given here override it.")] = None,
+    config: Annotated[Path, typer.Option(help="DetectConfig JSON; options given here override it. "
+                                              "[default: none]")] = None,
     seed: Annotated[int, typer.Option(help="Base seed: prompt i uses its file's seed field, else seed + i "
                                            "(shared seeding: every prompt uses seed). [default: 0]")] = None,
+    json_out: Json = False,
     out: Out = Path("runs/detect"),
 ) -> None:
     """Prompt-level memorization scores per prompt (resumable), AUROC table, token attribution, report.
 
+    \b
     Example: memgeo detect --model SD_FOLDER --prompts sd1 --preset jeon2025 --out runs/sd1_jeon
     """
     from memgeo.errors import MemgeoError
@@ -117,4 +123,22 @@ def detect(
     summary = run_detect(cfg, out)
     brief = {r["score"]: {k: r.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "evals_per_prompt")}
              for r in summary["table"]}
-    typer.echo(json.dumps({"n_prompts": summary["n_prompts"], "scores": brief}))
+    emit(json_out, {"n_prompts": summary["n_prompts"], "scores": brief}, _detect_lines(summary, out))
+
+
+def _detect_lines(summary: dict, out: Path) -> list[str]:
+    """One line per score: AUROC [95 % CI] and TPR at 1 % FPR when labelled, else its cost only."""
+    labelled = any("auroc" in r for r in summary["table"])
+    head = f"{summary['n_prompts']} prompts scored ({summary['generations']} generation(s) each)"
+    lines = [head + (": AUROC memorized vs not [95 % CI]" if labelled else " (no labels: no AUROC)")]
+    for r in summary["table"]:
+        cost = f"{num(r['evals_per_prompt'], 3)} network evaluations per prompt"
+        if labelled:
+            lines.append(f"  {r['score']}: {auroc_text(r)}; TPR at 1 % FPR {num(r.get('tpr_at_1pct_fpr'), 3)}; {cost}")
+        else:
+            lines.append(f"  {r['score']}: {cost}")
+    if "copies" in summary:
+        c = summary["copies"]
+        lines.append(f"copy rate of the {c['n_generations']} generations: {num(c['copy_rate'])}")
+    lines.append(f"per prompt in {out / 'scores.csv'}")
+    return lines
