@@ -65,14 +65,18 @@ def score_histograms(scores: Mapping[str, np.ndarray], labels: np.ndarray | None
                         ax.hist(vals, bins=edges, color=color, alpha=0.5, label=f"{gname} ({vals.size})")
                 ax.legend(fontsize=7)
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score value", fontsize=7)
+        ax.set_ylabel("prompts", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25)
     return fig
 
 
-def detection_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]], title: str | None = None) -> Figure:
-    """ROC curves of several scores: ``{name: (fpr, tpr, auroc)}`` (delegates to :func:`roc_plot`)."""
-    return roc_plot(curves, title=title)
+def detection_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]], title: str | None = None,
+                  log_fpr: bool = False) -> Figure:
+    """ROC curves of several scores: ``{name: (fpr, tpr, auroc)}`` (delegates to :func:`roc_plot`;
+    ``log_fpr`` adds the log-FPR zoom panel)."""
+    return roc_plot(curves, title=title, log_fpr=log_fpr)
 
 
 def cost_vs_auroc(names: Sequence[str], costs: Sequence[float], aurocs: Sequence[float],

@@ -53,7 +53,8 @@ def detection_rows(detection: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def _plain(name: str) -> str:
-    return name.replace("sharpness@t=", "sharpness at t = ").replace("-n_flat@t=", "−n_{flat} at t = ")
+    return (name.replace("sharpness@t=", "sharpness at t = ").replace("-n_flat@t=", "−(number of flat directions) at t = ")
+            .replace("-lid_model", "−LID model"))
 
 
 def write_demo_report(report: Report, out: Path, cfg: Any, *, x0: torch.Tensor, cond: torch.Tensor,

@@ -54,7 +54,7 @@ from memgeo.memorization.prompt_scores.presets import SEEDINGS, get_preset
 from memgeo.models.base import model_dtype
 from memgeo.models.loading import DTypeName, load, resolve_dtype
 from memgeo.models.prompt import PromptDiffusionModel
-from memgeo.report import Report
+from memgeo.report import Report, glossary
 from memgeo.report.prompt_html import add_token_attribution
 from memgeo.report.prompt_plots import cost_vs_auroc, detection_roc, score_histograms
 from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
@@ -413,20 +413,47 @@ def _report(out: Path, cfg: DetectConfig, summary: dict[str, Any], values: dict[
             labels: np.ndarray | None, copy_table: list[dict[str, Any]] | None,
             attributions: list[dict[str, Any]]) -> None:
     rep = Report("memgeo detect: prompt-level memorization", subtitle=f"{cfg.model} · {cfg.prompts}")
+    n = summary["n_prompts"]
+    rated = [r for r in summary["table"] if r.get("auroc") is not None]
+    if labels is None:
+        rep.add_verdict(f"{n} prompts scored with {len(cfg.scores)} score(s); **no labels were given**, so no "
+                        "accuracy can be stated. Rank prompts by a score (scores.csv, higher = more likely "
+                        "memorized), or rerun with `--labels-from-field memorized` on a prompt file that marks "
+                        "memorized prompts.", warn=True)
+    elif not rated:
+        reason = next((r.get("reason") for r in summary["table"] if r.get("reason")), "labels of one class only")
+        rep.add_verdict(f"{n} prompts scored, but no AUROC is defined: {reason}.", warn=True)
+    else:
+        best = max(rated, key=lambda r: r["auroc"])
+        n_pos, n_neg = int(labels.sum()), int(labels.size - labels.sum())
+        lines = [f"**Best score: {best['score']}, AUROC {_auroc_ci(best)}**, finding "
+                 f"{100 * best['tpr_at_1pct_fpr']:.0f} % of the {n_pos} memorized prompts at ≤ 1 % false positives "
+                 f"among the {n_neg} others, at {best['evals_per_prompt']:.0f} network passes per prompt."]
+        others = sorted((r for r in rated if r is not best), key=lambda r: -r["auroc"])[:3]
+        if others:
+            lines.append("Next: " + "; ".join(f"{r['score']} {_auroc_ci(r)}" for r in others) + ".")
+        if "copies" in summary:
+            c = summary["copies"]
+            lines.append(f"{100 * c['copy_rate']:.0f} % of the {c['n_generations']} generations copy a training "
+                         "image.")
+        rep.add_verdict("\n".join(f"- {x}" for x in lines))
+    rep.add_glossary(glossary(["t", "score", "auroc", "tpr", "copy", "norm"]))
     rep.add_text(
-        f"{summary['n_prompts']} prompts, {cfg.generations} generation(s) each, DDIM with {cfg.sampling.steps} steps, "
+        f"{n} prompts, {cfg.generations} generation(s) each, DDIM with {cfg.sampling.steps} steps, "
         f"guidance {cfg.sampling.guidance}, first step at t = {summary['grid']['first_t']:.4g}"
         + (f" (the scheduler's timestep {summary['grid']['first_timestep']:g})"
            if summary["grid"]["first_timestep"] is not None else "")
         + (f", preset {cfg.preset}" if cfg.preset else "") + ". Every score is oriented so that "
         "**higher means more likely memorized**; labels are never flipped. Cost = network passes per prompt "
         "(forward evaluations + JVP/VJP passes).", heading="Run")
-    cols = ["score", "auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr", "tpr_at_closest_1pct_fpr", "closest_fpr_used",
-            "evals_per_prompt", "ms_per_prompt"] if labels is not None else ["score", "evals_per_prompt", "ms_per_prompt"]
-    rep.add_table(summary["table"], heading="Detection scores", columns=cols)
+    table = [{**r, "auroc_ci": _auroc_ci(r)} if r.get("auroc") is not None else dict(r) for r in summary["table"]]
+    cols = (["score", "auroc_ci", "tpr_at_1pct_fpr", "evals_per_prompt", "ms_per_prompt", "reason"]
+            if labels is not None else ["score", "evals_per_prompt", "ms_per_prompt"])
+    cols = [c for c in cols if any(r.get(c) is not None for r in table)]
+    rep.add_table(table, heading="Detection scores", columns=cols, drop_constant=len(table) > 2, csv="scores.csv",
+                  note="TPR@1%FPR is the strict value (FPR ≤ 1 %); the closest-to-1 % variant, the CI bounds and "
+                       "the counts are in summary.json.")
     if labels is not None:
-        rep.add_text("TPR@1%FPR is the strict value (FPR <= 1%); the 'closest' column is the TPR at the ROC point "
-                     "whose FPR is closest to 1% (that FPR is shown next to it).")
         curves = {}
         for name, v in values.items():
             row = next(r for r in summary["table"] if r["score"] == name)
@@ -434,20 +461,38 @@ def _report(out: Path, cfg: DetectConfig, summary: dict[str, Any], values: dict[
                 fpr, tpr, _ = roc_curve(v, labels)
                 curves[name] = (fpr, tpr, row["auroc"])
         if curves:
-            figure_to_report(rep, detection_roc(curves), out / "roc.png", heading="ROC curves")
+            figure_to_report(rep, detection_roc(curves, log_fpr=True), out / "roc.png", heading="ROC curves",
+                             caption="Left: ROC curves. Right: the same with the false positive rate on a log axis, "
+                                     "which separates curves that all hug the top-left corner; dotted: FPR = 1 %.")
             ok = [r for r in summary["table"] if r.get("auroc") is not None]
             figure_to_report(rep, cost_vs_auroc([r["score"] for r in ok], [r["evals_per_prompt"] for r in ok],
                                                 [r["auroc"] for r in ok], [(r["ci_low"], r["ci_high"]) for r in ok]),
-                             out / "cost_auroc.png", heading="Cost and accuracy")
-    figure_to_report(rep, score_histograms(values, labels), out / "histograms.png", heading="Score distributions")
+                             out / "cost_auroc.png", heading="Cost and accuracy",
+                             caption="AUROC with its 95 % bootstrap interval against network passes per prompt "
+                                     "(log scale); dashed: chance.")
+    figure_to_report(rep, score_histograms(values, labels), out / "histograms.png", heading="Score distributions",
+                     caption="Each panel: one score's values over prompts (x: score value, y: number of prompts)"
+                             + ("; red: memorized prompts, blue: the others." if labels is not None else "."))
     if copy_table is not None:
-        rep.add_metrics(summary["copies"], heading="Copies of the training data")
-        rep.add_table(copy_table, columns=["score", "auroc", "ci_low", "ci_high", "tpr_at_1pct_fpr", "n_pos", "n_neg",
-                                           "reason"])
+        c = summary["copies"]
+        rep.add_key_numbers([("copy criterion", c["criterion"]), ("threshold on d_{1}/d_{2}", c["threshold"]),
+                             ("generations", c["n_generations"]), ("copy rate", c["copy_rate"])],
+                            heading="Copies of the training data", csv="scores_per_generation.csv")
+        rows = [{**r, "auroc_ci": _auroc_ci(r) if r.get("auroc") is not None else None} for r in copy_table]
+        cols = [c for c in ["score", "auroc_ci", "tpr_at_1pct_fpr", "n_pos", "n_neg", "reason"]
+                if any(r.get(c) is not None for r in rows)]
+        rep.add_table(rows, columns=cols, drop_constant=len(rows) > 2)
     if attributions:
         add_token_attribution(rep, [{**a, "label": None if a["label"] is None else ("memorized" if a["label"] else "")}
                                     for a in attributions], heading="Token attribution",
-                              note=f"Shading: ||d {cfg.attribution_score} / d token embedding||, relative to the "
+                              note=f"Shading: ‖∂ {cfg.attribution_score} / ∂ token embedding‖, relative to the "
                                    "prompt's largest token.")
     rep.add_json(cfg, heading="Configuration")
     rep.write(out / "report.html")
+
+
+def _auroc_ci(row: dict[str, Any]) -> str:
+    """``"0.912 [0.85, 0.96]"`` from a row with auroc, ci_low, ci_high."""
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{row['auroc']:.3f}{ci}"

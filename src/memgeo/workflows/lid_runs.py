@@ -117,12 +117,7 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
         result["ci_low"], result["ci_high"] = res.ci_low[0].tolist(), res.ci_high[0].tolist()
     write_json(out / "lid.json", result)
     write_csv(out / "lid.csv", [{"index": i, "lid": float(v)} for i, v in enumerate(lid)])
-    report = Report("memgeo lid", subtitle=f"{cfg.estimator} on {cfg.points}")
-    report.add_metrics({k: v for k, v in result.items() if k not in ("lid", "ci_low", "ci_high")}, heading="Summary")
-    figure_to_report(report, score_histogram({"points": lid.numpy()}, xlabel="LID", title="LID estimates"),
-                     out / "figures" / "lid_hist.png", heading="Distribution")
-    report.add_json(cfg, heading="Resolved config")
-    report.write(out / "report.html")
+    _lid_report(out, cfg, result, lid.numpy())
     return {k: v for k, v in result.items() if k not in ("lid", "ci_low", "ci_high")}
 
 
@@ -190,24 +185,84 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
         summary["labels_of_copies"] = {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS}
     write_json(out / "audit.json", {**summary, "samples": rows})
     write_csv(out / "audit.csv", rows)
-    report = Report("memgeo audit", subtitle=f"{cfg.model} on {cfg.points}")
-    report.add_text(
-        f"LID_model = FLIPD at t0 = {cfg.t0}; LID_data = {cfg.lid_data} on {ref_spec}. A sample is memorized when "
-        f"LID_model < {audit.model_low:.3g}; DD-Mem if also LID_data < {audit.data_low:.3g}, else OD-Mem "
-        "(see memgeo.memorization.mmh).", heading="Method")
-    report.add_metrics({"n": len(rows), **{f"count {k}": v for k, v in audit.counts().items()},
-                        **({f"AUROC {k}": v["auroc"] for k, v in summary.get("detection", {}).items()})},
-                       heading="Summary")
-    groups = audit.label if is_copy is None else np.where(is_copy, "copy", "non-copy")
-    figure_to_report(report, scatter_plot(audit.lid_data, audit.lid_model, groups, xlabel="LID_data",
-                                          ylabel="LID_model (FLIPD)", title="LID_model vs LID_data"),
-                     out / "figures" / "lid_scatter.png", heading="LID_model vs LID_data",
-                     caption=f"Thresholds: LID_model < {audit.model_low:.3g} is memorized; LID_data < "
-                             f"{audit.data_low:.3g} makes it DD-Mem.")
-    figure_to_report(report, score_histogram({str(k): audit.lid_model[groups == k] for k in np.unique(groups)},
-                                             xlabel="LID_model", title="LID_model by group"),
-                     out / "figures" / "lid_model_hist.png")
-    report.add_table(rows, heading="Per sample")
+    _audit_report(out, cfg, ref_spec, audit, rows, summary, is_copy)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# reports
+# ------------------------------------------------------------------------------------------------
+
+
+def _lid_report(out: Path, cfg: LIDRunConfig, result: dict[str, Any], lid: np.ndarray) -> None:
+    """report.html of `memgeo lid`: verdict (n, median, range, negatives), notation, histogram."""
+    report = Report("memgeo lid", subtitle=f"{cfg.estimator} on {cfg.points}")
+    n_neg = int(np.sum(lid < 0))
+    what = "LID_{model}" if LID_ESTIMATORS[cfg.estimator].needs_model else "LID_{data}"
+    q05, med, q95 = (float(v) for v in np.quantile(lid, [0.05, 0.5, 0.95]))
+    line = (f"**{what} of {lid.size} points ({cfg.estimator}): median {med:.2f}**, 5–95 % range "
+            f"[{q05:.2f}, {q95:.2f}], mean {float(np.mean(lid)):.2f}"
+            + (f", estimated at t_{{0}} = {result['t0_used']:.3g}" if result.get("t0_used") is not None else "") + ".")
+    if n_neg:
+        line += (f" {n_neg} values are below 0 (lowest {float(lid.min()):.2f}): a dimension cannot be negative, "
+                 "so there the estimate is inaccurate (FLIPD's network score, or too few neighbours); read them as 0.")
+    report.add_verdict(line, warn=bool(n_neg))
+    report.add_glossary(glossary(["lid", "lid_model" if what == "LID_{model}" else "lid_data", "t0", "D"]))
+    report.add_key_numbers([("estimator", cfg.estimator), ("points", result["n_points"]), ("median", med),
+                            ("mean", result["mean"]), ("5 % quantile", q05), ("95 % quantile", q95),
+                            ("values below 0", n_neg)]
+                           + ([("t_{0} used", result["t0_used"])] if result.get("t0_used") is not None else []),
+                           heading="Summary", csv="lid.csv")
+    figure_to_report(report, score_histogram({"points": lid}, xlabel="LID estimate (dimensions)",
+                                             title="LID estimates", density=False),
+                     out / "figures" / "lid_hist.png", heading="Distribution",
+                     caption="Number of points per LID value; per-point values in lid.csv.")
     report.add_json(cfg, heading="Resolved config")
     report.write(out / "report.html")
-    return summary
+
+
+def _audit_report(out: Path, cfg: AuditConfig, ref_spec: str, audit: Any, rows: list[dict[str, Any]],
+                  summary: dict[str, Any], is_copy: np.ndarray | None) -> None:
+    """report.html of `memgeo audit`: verdict (MMH counts with thresholds), notation, scatter, trimmed table."""
+    from memgeo.report import mmh_scatter
+    from memgeo.workflows.demo_report import NEGATIVE_LID_CAPTION, fmt_auroc
+
+    report = Report("memgeo audit", subtitle=f"{cfg.model} on {cfg.points}")
+    counts = audit.counts()
+    n = len(rows)
+    lines = [f"**Of {n} samples, {counts['DD-Mem']} are DD-Mem, {counts['OD-Mem']} OD-Mem and {counts['none']} not "
+             f"memorized** (memorized: LID_{{model}} < {audit.model_low:.3g}; DD-Mem: also LID_{{data}} < "
+             f"{audit.data_low:.3g})."]
+    if is_copy is not None:
+        lc = summary["labels_of_copies"]
+        det = summary["detection"]
+        lines.append(f"{int(is_copy.sum())} samples copy a training image; of them {lc['DD-Mem']} are DD-Mem, "
+                     f"{lc['OD-Mem']} OD-Mem, {lc['none']} none.")
+        lines.append(f"Copies are flagged by sharpness with AUROC {fmt_auroc(det['sharpness'])} and by −LID_{{model}} "
+                     f"with AUROC {fmt_auroc(det['-lid_model'])}.")
+    report.add_verdict("\n".join(f"- {x}" for x in lines))
+    report.add_glossary(glossary(["lid", "lid_model", "lid_data", "t0", "mmh", "sharpness", "lambda", "copy",
+                                  "auroc"]))
+    report.add_text(
+        f"LID_{{model}} = FLIPD at t_{{0}} = {cfg.t0:g}; LID_{{data}} = {cfg.lid_data} on {ref_spec}; sharpness at "
+        f"t = {cfg.sharpness_t:g}. A sample is memorized when LID_{{model}} < {audit.model_low:.3g}; DD-Mem if also "
+        f"LID_{{data}} < {audit.data_low:.3g}, else OD-Mem (see memgeo.memorization.mmh).", heading="Method")
+    lid_model = np.asarray(audit.lid_model, dtype=float)
+    n_neg = int(np.sum(lid_model < 0))
+    neg = (f" {n_neg} of {n} LID_{{model}} values are below 0 (lowest {float(lid_model.min()):.2f}). "
+           + NEGATIVE_LID_CAPTION) if n_neg else ""
+    figure_to_report(report, mmh_scatter(audit.lid_data, lid_model, audit.label, audit.model_low, audit.data_low,
+                                         is_copy=is_copy, t0=cfg.t0, title="LID_model against LID_data"),
+                     out / "figures" / "lid_scatter.png", heading="LID model against LID data",
+                     caption="Colour: MMH label" + ("; black rings: copies" if is_copy is not None else "")
+                             + f". Dashed: LID_{{model}} threshold {audit.model_low:.3g} (memorized below); dotted: "
+                               f"LID_{{data}} threshold {audit.data_low:.3g} (DD-Mem to its left).{neg}")
+    groups = np.asarray(audit.label, dtype=object)
+    figure_to_report(report, score_histogram({str(k): lid_model[groups == k] for k in dict.fromkeys(groups.tolist())},
+                                             xlabel="LID_model (FLIPD), dimensions", title="LID_model by MMH label"),
+                     out / "figures" / "lid_model_hist.png")
+    keep = ["index", "prompt", "mmh_label", "lid_model", "lid_data", "sharpness", "is_copy"]
+    report.add_table([{k: r.get(k) for k in keep if k in r} for r in rows], heading="Per sample", max_rows=30,
+                     csv="audit.csv", note="Trimmed to the label and its inputs; all columns are in audit.csv.")
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")

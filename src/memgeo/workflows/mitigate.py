@@ -44,7 +44,7 @@ from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigati
 from memgeo.models.base import model_dtype
 from memgeo.models.loading import DTypeName, load
 from memgeo.models.prompt import PromptDiffusionModel
-from memgeo.report import Report
+from memgeo.report import Report, glossary
 from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
 from memgeo.workflows.common import figure_to_report, say, start_run
 
@@ -289,24 +289,46 @@ def _label(cfg: MitigateConfig, names: list[str], prompts: list[PromptEntry], sa
 def _report(out: Path, cfg: MitigateConfig, summary: dict, names: list[str], prompts: list[PromptEntry],
             samples: dict[str, list[np.ndarray]], rows: list[dict]) -> None:
     report = Report("memgeo mitigate", subtitle=f"{cfg.model} | {cfg.prompts}")
+    table = summary["table"]
+    pct = (lambda v: "n/a" if v is None else f"{100 * v:.0f} %")
+    base = table[0]
+    n_mem = sum(p.memorized is True for p in prompts)
+    if base["copy_rate_memorized"] is None:
+        report.add_verdict(f"{len(prompts)} prompts generated with {len(names)} method(s); copy rates need "
+                           "`--train-data` (the model's training images) and prompts marked memorized, so none is "
+                           "stated.", warn=True)
+    else:
+        lines = [f"Without mitigation **{pct(base['copy_rate_memorized'])}** of the generations for the {n_mem} "
+                 "memorized prompts copy a training image."]
+        for r in table[1:]:
+            acc = ("" if r["accuracy_drop_points"] is None
+                   else f", class accuracy +{-r['accuracy_drop_points']:.0f} points" if r["accuracy_drop_points"] < 0
+                   else f", class accuracy −{r['accuracy_drop_points']:.0f} points")
+            lines.append(f"**{r['method']}: {pct(r['copy_rate_memorized'])}** copies "
+                         f"({pct(base['copy_rate_memorized'])} → {pct(r['copy_rate_memorized'])}{acc}, "
+                         f"{r['nfe_per_generation']:.0f} NFE per generation).")
+        report.add_verdict("\n".join(f"- {x}" for x in lines))
+    report.add_glossary(glossary(["copy_rate", "copy", "d1", "nfe"]))
     cols = ["method", "copy_rate_memorized", "copy_reduction_memorized", "accuracy_all", "accuracy_drop_points",
-            "median_statistic_memorized", "copy_rate_generic", "accuracy_memorized", "accuracy_generic",
-            "nfe_per_generation", "nbe_per_generation", "seconds_per_generation"]
-    report.add_table(summary["table"], heading="Methods", columns=cols)
+            "median_statistic_memorized", "copy_rate_generic", "nfe_per_generation", "nbe_per_generation",
+            "seconds_per_generation"]
+    cols = [c for c in cols if any(r.get(c) is not None for r in table)]
+    report.add_table(table, heading="Methods", columns=cols, drop_constant=len(table) > 2, csv="results.csv",
+                     note="Per-generation labels: generations.csv.")
     report.add_text(
         "Copy rate: share of generations labelled copies of a training image "
-        f"(criterion {cfg.criterion}; median_statistic_memorized is the median copy statistic, d1/d2 for "
-        "'ratio', of the memorized prompts' generations: copies lie below the threshold); "
-        "accuracy: the digit classifier's agreement with the prompt's intended "
+        f"(criterion {cfg.criterion}; the median d_{{1}}/d_{{2}} of the memorized prompts' generations shows how far "
+        "below the threshold they land); class accuracy: the digit classifier's agreement with the prompt's intended "
         f"class. Same prompts and seeds for every method; {cfg.generations} generations per prompt, "
         f"{cfg.steps} DDIM steps, guidance {cfg.guidance}. NFE/NBE: forward/backward network evaluations per "
-        "generation (counted), seconds: wall time per generation.")
-    table = summary["table"]
+        "generation (counted), seconds: wall time per generation.", heading="How to read it")
     cr = np.array([np.nan if r["copy_rate_memorized"] is None else r["copy_rate_memorized"] for r in table])
     acc = np.array([np.nan if r["accuracy_all"] is None else r["accuracy_all"] for r in table])
     if np.isfinite(cr).any() and np.isfinite(acc).any():
         fig = tradeoff_plot(names, cr, acc, np.array([r["nfe_per_generation"] for r in table]))
-        figure_to_report(report, fig, out / "tradeoff.png", heading="Copying against fidelity")
+        figure_to_report(report, fig, out / "tradeoff.png", heading="Copying against fidelity",
+                         caption="Each method's copy rate on memorized prompts (x, lower is better) against the "
+                                 "classifier's accuracy on the intended class (y, higher is better).")
     by_key = {(r["method"], r["prompt_index"], r["seed"]): r for r in rows}
     for flag, label in ((True, "memorized"), (False, "generic"), (None, "unlabelled")):
         idx = [i for i, p in enumerate(prompts) if p.memorized is flag][: cfg.grid_prompts]
@@ -316,7 +338,9 @@ def _report(out: Path, cfg: MitigateConfig, summary: dict, names: list[str], pro
         seeds = [prompt_seed(cfg, i, prompts[i]) for i in idx]
         hl = np.array([[bool(by_key[(n, i, s)].get("is_copy", False)) for i, s in zip(idx, seeds)] for n in names])
         fig = method_grid(imgs, names, hl, title=f"{label} prompts, first generation (copies in red)")
-        figure_to_report(report, fig, out / f"grid_{label}.png", heading=f"Samples: {label} prompts")
+        figure_to_report(report, fig, out / f"grid_{label}.png", heading=f"Samples: {label} prompts",
+                         caption="One row per method, one column per prompt, same seed in each column; a red "
+                                 "border marks a copy of a training image.")
     report.add_json(summary["methods"], heading="Method parameters")
     report.add_json(json.loads(cfg.model_dump_json()), heading="Config")
     report.write(out / "report.html")
