@@ -41,12 +41,18 @@ def demo(
     fraction: Annotated[float, typer.Option(help="Share of the class replaced by copies (1 = all).")] = None,
     steps: Annotated[int, typer.Option(help="Training steps.")] = None,
     n_samples: Annotated[int, typer.Option(help="Generations per class.")] = None,
-    toy: Annotated[bool, typer.Option(help="Include the 2-D toy illustration.")] = None,
+    toy: Annotated[bool, typer.Option(help="Include the 2-D toy illustration (trains a second, 2-D model); "
+                                           "--no-toy skips it.")] = None,
     config: Annotated[Path, typer.Option(help="DemoConfig JSON; options given here override it.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = None,
     out: Out = Path("runs/demo"),
 ) -> None:
-    """Train a digit model with one class memorized, detect copies by sharpness, write a report."""
+    """Train a digit model with one class memorized, detect copies by sharpness, write a report.
+
+    OUT also gets the training set used (train_x.npy, train_labels.npy, train_duplicates.npy) and
+    reproduce.sh: the memgeo sample / sharpness / lid / audit commands that recompute the headline
+    numbers from OUT alone (also printed at the end and listed in metrics.json under "reproduce").
+    """
     from memgeo.workflows.demo import DemoConfig, run_demo
 
     cfg = load_config(config, DemoConfig, {
@@ -236,7 +242,7 @@ def audit(
     cond: Annotated[int, typer.Option(help="Class for every point. [default: none (unconditional)]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
-    t0: Annotated[float, typer.Option(help="FLIPD time for LID_model.")] = 0.05,
+    t0: Annotated[float, typer.Option(help="FLIPD time for LID_model (the demo's headline t).")] = 0.1,
     sharpness_t: Annotated[float, typer.Option(help="Time of the sharpness spectrum.")] = 0.1,
     lid_data: Annotated[str, typer.Option(help="Model-free LID_data estimator: lpca, mle, twonn, cfdm.")] = "lpca",
     model_low: Annotated[float, typer.Option(help="LID_model below this is memorized. [default: relative to the "
