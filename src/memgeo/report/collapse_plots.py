@@ -94,8 +94,13 @@ def lines_plot(generations: np.ndarray, means: Mapping[str, np.ndarray], *,
 
 def metric_panels(generations: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarray]], *,
                   se: Mapping[str, Mapping[str, np.ndarray]] | None = None, ncols: int = 3,
-                  title: str | None = None) -> Figure:
-    """``panels[metric][group]`` = mean per generation: one small :func:`lines_plot` per metric."""
+                  title: str | None = None, theory: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                  labels: Mapping[str, str] | None = None) -> Figure:
+    """``panels[metric][group]`` = mean per generation: one small :func:`lines_plot` per metric.
+
+    ``theory[metric][group]`` adds a dashed closed-form curve where one exists; ``labels[metric]`` is
+    the panel's readable name (title and y label), default the metric name.
+    """
     check_groups(panels, "panels")
     names = list(panels)
     ncols = max(1, min(ncols, len(names)))
@@ -103,8 +108,12 @@ def metric_panels(generations: np.ndarray, panels: Mapping[str, Mapping[str, np.
     fig = new_figure(3.6 * ncols, 2.8 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, name in enumerate(names):
-        lines_plot(generations, panels[name], se=None if se is None else se.get(name), ylabel=name,
-                   ax=axes[i // ncols][i % ncols])
+        ax = axes[i // ncols][i % ncols]
+        label = (labels or {}).get(name, name)
+        lines_plot(generations, panels[name], se=None if se is None else se.get(name), ylabel="",
+                   theory=None if theory is None else theory.get(name), ax=ax)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("mean over runs", fontsize=8)
     for j in range(len(names), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     if title:

@@ -74,7 +74,10 @@ METRIC_LABELS: dict[str, str] = {
     "copy_rate_real": "copy rate (real data)", "sharpness": "sharpness −mean(λσ²)", "lid": "LID (FLIPD)",
     "mean_norm_dist": "mean ‖x‖ distance", "kl": "KL(real ‖ fitted)", "entropy": "entropy (nats)",
     "n_distinct": "distinct values", "n_support": "categories still present", "tv": "total variation to real",
-    "w2": "W₂ distance to real", "log_bandwidth": "log bandwidth",
+    "w2": "W₂ distance to real", "log_bandwidth": "log bandwidth", "logdet_ratio": "log det Σ̂ₜ − log det Σ₀",
+    "mean_sq_dist": "‖μ̂ₜ − μ₀‖² (mean drift)", "mu_dist2_plus_trace": "‖μ̂ₜ − μ₀‖² + tr Σ̂ₜ (second moment)",
+    "nll_real": "NLL of real data (nats)", "tail_mass": "real mass beyond 3σ̂ (tail)",
+    "gini_simpson": "Gini–Simpson diversity 1 − Σ p²", "surviving": "categories still present",
 }
 
 

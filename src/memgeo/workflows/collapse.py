@@ -32,7 +32,7 @@ from memgeo.collapse.schedules import parse_schedule
 from memgeo.collapse.theory import theory_curves
 from memgeo.errors import MemgeoError, check_choice
 from memgeo.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
-from memgeo.report import Report
+from memgeo.report import Report, glossary, metric_label
 from memgeo.report.collapse_plots import fan_chart, lines_plot, metric_panels
 from memgeo.workflows.common import figure_to_report, say, start_run
 
@@ -239,45 +239,88 @@ def _final_metrics(hists: dict[str, History], theories: dict[str, dict]) -> dict
 
 def _build_report(report: Report, out: Path, cfg: CollapseConfig, hists: dict[str, History],
                   theories: dict[str, dict], final: dict[str, dict]) -> None:
+    main = "gini_simpson" if cfg.family == "categorical" else "mean_sq_dist" if cfg.mean_only else "log_var"
+    report.add_verdict(_collapse_verdict(cfg, hists, theories), warn=False)
+    report.add_glossary(glossary(["gen", "n_t", "sigma2_hat", "trace_ratio", "norm"]))
     report.add_text(
-        "Generation 0 is the true distribution; generation 1 is fitted on n_1 real samples; later generations "
+        "Generation 0 is the true distribution; generation 1 is fitted on n_{1} real samples; later generations "
         f"follow the **{cfg.loop}** loop. Fan charts show the median and the 50 % / 90 % bands over runs; the "
         "dashed red line is the exact theory where one exists (see docs/collapse.md).", heading="Setup")
-    report.add_json(cfg, heading="Config")
-    main = "gini_simpson" if cfg.family == "categorical" else "mean_sq_dist" if cfg.mean_only else "log_var"
     for name, h in hists.items():
         th = theories[name].get(main)
         fig = fan_chart(h.generations, h.metrics[main], theory_mean=None if th is None else th[0],
-                        theory_sd=None if th is None else th[1], ylabel=main.replace("_", " "),
+                        theory_sd=None if th is None else th[1], ylabel=metric_label(main),
                         title=f"{cfg.family}, {cfg.estimator}, {cfg.loop}, schedule {name}")
         safe = name.replace(":", "_")
         figure_to_report(report, fig, out / f"fan_{main}_{safe}.png", heading=f"Fan chart ({name})",
-                         caption=f"{main} of {cfg.runs} runs per generation.")
+                         caption=f"{metric_label(main)} of {cfg.runs} runs per generation.")
     if len(hists) > 1:
         gens = next(iter(hists.values())).generations
         means = {k: _stats(h.metrics[main])["mean"] for k, h in hists.items()}
         ses = {k: _stats(h.metrics[main])["se"] for k, h in hists.items()}
         theo = {k: theories[k][main][0] for k in hists if main in theories[k]}
-        caption = ("Mean over runs (+- 2 se) per schedule, theory dashed. Collapse continues while sum 1/n_t "
-                   "(plus sum c n_t^-beta for a biased estimator) keeps growing.")
-        fig = lines_plot(gens, means, se=ses, theory=theo, ylabel=f"mean {main}",
+        caption = ("Mean over runs (± 2 se) per schedule, theory dashed. Collapse continues while Σ 1/n_{t} "
+                   "(plus Σ c n_{t}^{−β} for a biased estimator) keeps growing.")
+        fig = lines_plot(gens, means, se=ses, theory=theo, ylabel=f"mean {metric_label(main)}",
                          title=f"Schedules compared ({cfg.estimator} estimator)")
         figure_to_report(report, fig, out / f"schedules_{main}.png", caption=caption, heading="Schedules compared")
         # log-log view of the loss since generation 0: slope 1 (constant), log t (linear), flat (converging sums)
         loss = {k: m[0] - m[1:] for k, m in means.items()}
         fig = lines_plot(gens[1:], loss, theory={k: t[0] - t[1:] for k, t in theo.items()}, logx=True, logy=True,
-                         ylabel=f"loss of {main} since generation 0", title="Same, as a loss on log-log axes")
+                         ylabel=f"loss of {metric_label(main)} since gen. 0", title="Same, as a loss on log-log axes")
         figure_to_report(report, fig, out / f"schedules_{main}_loss.png",
                          caption="A straight line of slope 1 keeps collapsing at a constant rate; a curve that "
                                  "bends flat has a finite total loss.")
-    others = [k for k in next(iter(hists.values())).metrics if k != main]
+    first = next(iter(hists.values()))
+    others = [k for k in first.metrics if k != main]
     if others:
-        gens = next(iter(hists.values())).generations
         panels = {m: {k: _stats(h.metrics[m])["mean"] for k, h in hists.items()} for m in others}
         se = {m: {k: _stats(h.metrics[m])["se"] for k, h in hists.items()} for m in others}
-        figure_to_report(report, metric_panels(gens, panels, se=se), out / "metrics.png", heading="All metrics",
-                         caption="Mean over runs (+- 2 se) of every metric per generation.")
-    report.add_table([{"schedule": k, **v} for k, v in final.items()], heading="Last generation")
+        theo = {m: {k: theories[k][m][0] for k in hists if m in theories[k]} for m in others}
+        figure_to_report(report, metric_panels(first.generations, panels, se=se, theory=theo,
+                                               labels={m: metric_label(m) for m in others}),
+                         out / "metrics.png", heading="All metrics",
+                         caption="Mean over runs (± 2 se, shaded) of every metric per generation (x: generation); "
+                                 "dashed: the closed-form theory where one exists.")
+    rows = []
+    for metric in first.metrics:
+        row: dict[str, Any] = {"metric": metric_label(metric)}
+        for sched, entry in final.items():
+            row[f"{sched}: simulated"] = f"{entry[f'mean_{metric}']:.4g} ± {entry[f'se_{metric}']:.2g}"
+            th = entry.get(f"theory_mean_{metric}")
+            row[f"{sched}: theory"] = "" if th is None else f"{th:.4g}"
+        rows.append(row)
+    report.add_table(rows, heading=f"Last generation ({first.generations[-1]})", drop_constant=True,
+                     csv="summary.csv", note="Mean ± standard error over runs; every generation, quantiles and "
+                                             "z-scores are in summary.csv and metrics.json.")
+    report.add_json(cfg, heading="Config")
+
+
+def _collapse_verdict(cfg: CollapseConfig, hists: dict[str, History], theories: dict[str, dict]) -> str:
+    """Plain-language drift / diversity findings at the last generation, one bullet per schedule."""
+    lines = []
+    for name, h in hists.items():
+        t = int(h.generations[-1])
+        parts = []
+        for metric, kind in (("trace_ratio", "diversity"), ("gini_simpson", "diversity"), ("surviving", "diversity"),
+                             ("mean_sq_dist", "drift"), ("log_var", "spread")):
+            if metric not in h.metrics:
+                continue
+            m = _stats(h.metrics[metric])["mean"]
+            th = theories[name].get(metric)
+            theory = "" if th is None else f", theory {float(th[0][-1]):.3g}"
+            parts.append(f"{kind}: {metric_label(metric)} {float(m[0]):.3g} → {float(m[-1]):.3g}{theory}")
+        div = next((k for k in ("trace_ratio", "gini_simpson", "surviving") if k in h.metrics), None)
+        word = ""
+        if div is not None:
+            m = _stats(h.metrics[div])["mean"]
+            kept = float(m[-1]) / float(m[0]) if m[0] else float("nan")
+            word = (f"**{name}: diversity falls to {100 * kept:.0f} % after {t} generations**" if kept < 0.95
+                    else f"**{name}: diversity is kept ({100 * kept:.0f} %) after {t} generations**")
+        else:
+            word = f"**{name}, after {t} generations**"
+        lines.append(f"- {word} ({cfg.family}, {cfg.loop} loop, {cfg.runs} runs): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,11 +403,20 @@ def run_neural_collapse(cfg: NeuralCollapseConfig, out: str | Path) -> dict[str,
                     "diffusion model. Metrics use held-out real data; copy rate counts samples closer than 1/3 "
                     "of the second-nearest distance to a training point (own = that generation's training set).",
                     heading="Setup")
-    report.add_json(cfg, heading="Config")
+    verdict = []
+    for loop in cfg.loops:
+        tr, cp = final[loop]["trace_ratio"], final[loop]["copy_rate_own"]
+        verdict.append(f"- **{loop}: variance kept tr Σ̂_{{t}} / tr Σ_{{0}} = {tr[-1]:.3g} after {cfg.generations} "
+                       f"generations** ({tr[0]:.3g} at generation 0); copy rate of its own training set "
+                       f"{'n/a' if cp[-1] is None else f'{cp[-1]:.3g}'}.")
+    report.add_verdict("\n".join(verdict))
+    report.add_glossary(glossary(["gen", "trace_ratio", "W", "copy_rate", "sharpness", "lid"]))
     gens = np.arange(cfg.generations + 1)
     panels = {m: {loop: np.array([np.nan if r.get(m) is None else r[m] for r in records if r["loop"] == loop])
                   for loop in cfg.loops} for m in _NEURAL_PANELS}
-    figure_to_report(report, metric_panels(gens, panels), out / "neural_metrics.png", heading="Metrics per generation")
+    figure_to_report(report, metric_panels(gens, panels, labels={m: metric_label(m) for m in _NEURAL_PANELS}),
+                     out / "neural_metrics.png", heading="Metrics per generation",
+                     caption="One panel per metric (x: generation, 0 = the real data), one line per loop.")
     for loop in cfg.loops:
         if real[0].numel() == 2:
             fig = point_clouds(clouds[loop], [f"gen {g}" for g in gens], title=f"{loop}: samples per generation")
@@ -372,7 +424,10 @@ def run_neural_collapse(cfg: NeuralCollapseConfig, out: str | Path) -> dict[str,
         else:
             imgs = np.concatenate([c[:8].reshape(-1, *real.shape[1:]) for c in clouds[loop]])
             report.add_images(imgs, ncols=8, heading=f"Samples ({loop})", caption="one row per generation (0 = real)")
-    report.add_table(records, heading="All generations")
+    keep = ["loop", "generation", *[m for m in _NEURAL_PANELS if m != "mean_norm_dist"]]
+    report.add_table([{k: r.get(k) for k in keep} for r in records], heading="All generations", csv="generations.csv",
+                     labels={m: metric_label(m) for m in _NEURAL_PANELS}, note="All columns: generations.csv.")
+    report.add_json(cfg, heading="Config")
     report.write(out / "report.html")
     say(f"wrote {out / 'report.html'}")
     return metrics
