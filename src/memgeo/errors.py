@@ -256,3 +256,87 @@ def _unaccepted(factory: Any, params: Mapping[str, Any]) -> list[str]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return []
     return sorted(k for k in params if k not in sig.parameters)
+
+
+# --- resources and option values ------------------------------------------------------------------
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate: ``MemAvailable`` (Linux), else physical memory.
+
+    Returns ``None`` when neither can be read (the size checks then pass).
+    """
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB`` style size (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def check_fits_in_memory(n_bytes: float, what: str, fix: str, *, share: float = 0.8) -> None:
+    """Raise :class:`MemgeoError` when ``n_bytes`` exceed ``share`` of :func:`available_memory`.
+
+    Called before a run allocates its large arrays, so an impossible size is refused in a line
+    (with the estimate) instead of allocating until the process is killed.
+
+    Parameters
+    ----------
+    n_bytes : float
+        Estimated peak size of the arrays.
+    what : str
+        What needs it, e.g. ``"--n 1000000000 samples of shape (1, 8, 8)"``.
+    fix : str
+        What to do instead, e.g. ``"sample fewer (--n) in several runs"``.
+    """
+    free = available_memory()
+    if free is not None and n_bytes > share * free:
+        raise MemgeoError(f"{what} need about {format_bytes(n_bytes)} of memory but only {format_bytes(free)} is "
+                          "available", fix)
+
+
+def check_option_values(values: Any, where: str = "option") -> None:
+    """Refuse NaN/inf numbers and text that is not valid Unicode anywhere in nested options.
+
+    Walks dicts and lists (as built from command-line options and JSON configs); every float
+    must be finite and every string encodable as UTF-8 (a command-line argument with bytes that
+    are not UTF-8 arrives as lone surrogates).
+
+    Raises
+    ------
+    MemgeoError
+        Naming the option (dotted path) and the bad value.
+    """
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise MemgeoError(f"{where} {path or 'value'}={value!r} is not a finite number",
+                              f"pass {path or 'it'} as a finite number")
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+                raise MemgeoError(f"{where} {path or 'value'}={shown!r} holds bytes that are not UTF-8",
+                                  "pass text as UTF-8") from None
+
+    walk(values, "")

@@ -8,6 +8,7 @@ either complete or absent.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -22,33 +23,144 @@ from typing import Any
 
 import numpy as np
 
+from memgeo.errors import MemgeoError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
+def write_failure(path: str | os.PathLike[str], exc: OSError) -> MemgeoError:
+    """The one-line :class:`MemgeoError` for an ``OSError`` raised while creating or writing ``path``.
+
+    Disk full / quota, read-only or forbidden folders and a file where a folder should be each get
+    their own fix; anything else names the OS message.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space (the previous outputs there are intact) or choose another --out"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a writable --out folder"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a file stands where a folder is needed: choose another --out"
+    else:
+        fix = "check the output folder and choose another --out if needed"
+    return MemgeoError(f"cannot write {path} ({reason})", fix)
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p path``, with a one-line :class:`MemgeoError` (:func:`write_failure`) when it cannot be made."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_dir():
+        raise MemgeoError(f"{path} exists and is not a folder", "choose a folder path for --out")
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    Raises
+    ------
+    MemgeoError
+        When the folder cannot be created or the file cannot be written (disk full, read-only,
+        permission): the previous content of ``path``, if any, is left intact.
+    """
+    path = Path(path)
+    make_folder(path.parent)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        raise write_failure(path, exc) from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     return path
 
 
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically (text that is not valid Unicode is a :class:`MemgeoError`)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MemgeoError(f"text for {path} holds bytes that are not UTF-8 ({exc.reason} at position {exc.start})",
+                          "pass options and files as UTF-8 text") from exc
+    return atomic_write_bytes(path, data)
+
+
+def read_json_file(path: str | os.PathLike[str], what: str, *, kind: type = dict) -> Any:
+    """Read a UTF-8 JSON file that must hold a ``kind`` (default a JSON object), as one-line errors.
+
+    Parameters
+    ----------
+    path : path-like
+    what : str
+        How to name the file in messages, e.g. ``"config file"``.
+    kind : type, default dict
+        The type the top-level value must have (``dict`` for an object, ``list`` for an array).
+
+    Raises
+    ------
+    MemgeoError
+        Missing or unreadable file, bytes that are not UTF-8, invalid JSON, NaN/Infinity literals,
+        or a top-level value of another type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MemgeoError(f"{what} {path} does not exist", "check the path")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise MemgeoError(f"cannot read {what} {path} ({exc.strerror or exc})", "check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise MemgeoError(f"{what} {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8 JSON") from exc
+    return parse_json_text(text, f"{what} {path}", kind=kind)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json_text(text: str, what: str, *, kind: type = dict, example: str | None = None) -> Any:
+    """Parse JSON ``text`` that must hold a ``kind``; ``what`` names it in messages (e.g. ``"--params"``)."""
+    fix = f"pass e.g. {example}" if example else "fix the JSON"
+    try:
+        value = json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise MemgeoError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", fix) from exc
+    except ValueError as exc:
+        raise MemgeoError(f"{what} is not valid JSON ({exc})", fix) from exc
+    if not isinstance(value, kind):
+        want = {dict: "an object {...}", list: "an array [...]"}.get(kind, kind.__name__)
+        raise MemgeoError(f"{what} holds a JSON {type(value).__name__}, not {want}", fix)
+    return value
+
+
+def native_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (torch refuses big-endian arrays); a no-op when it already is."""
+    if arr.dtype.byteorder not in ("=", "|") and arr.dtype.byteorder != np.dtype(arr.dtype.type).byteorder:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
 
 
 def _to_jsonable(obj: Any) -> Any:

@@ -24,9 +24,14 @@ from memgeo.data.digits import load_digits
 from memgeo.data.mnist import load_mnist
 from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
 from memgeo.errors import MemgeoError, check_finite, check_ndim
+from memgeo.io import native_order
 
 #: Names accepted by :func:`load_dataset` (``mnist`` and ``npy`` also take ``:PATH``).
 DATASETS: tuple[str, ...] = ("digits", "mnist", "toy2d", "patch", "npy")
+
+#: Largest magnitude a point coordinate may have: squared distances and network activations of larger
+#: values overflow float32 (e.g. 1e30 squared is inf), so such files are refused, not silently turned to NaN.
+MAX_ABS_VALUE = 1e8
 
 _SPEC_HELP = "digits, mnist, mnist:PATH, toy2d, patch, npy:PATH, or a path ending in .npy"
 
@@ -90,8 +95,9 @@ def load_points(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
     Raises
     ------
     MemgeoError
-        If the file is missing, not a readable ``.npy`` file, not numeric, has NaN/inf, holds no
-        points or has a number of dimensions other than 2 or 4.
+        If the file is missing, not a readable ``.npy`` file, not numeric, has NaN/inf or values
+        beyond :data:`MAX_ABS_VALUE` in magnitude, holds no points or has a number of dimensions
+        other than 2 or 4. Big-endian files are converted to the machine's byte order.
     """
     path = Path(path).expanduser()
     fix_format = "save the points with numpy.save(path, array) as an (N, D) or (N, C, H, W) array"
@@ -107,11 +113,24 @@ def load_points(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
         raise MemgeoError(f"{str(path)!r} is an .npz archive, not a single .npy array", fix_format)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise MemgeoError(f"{str(path)!r} holds {arr.dtype} values, not real numbers", fix_format)
+    if arr.dtype == np.float16 or arr.dtype.itemsize > 8:  # half is widened; long double has no torch dtype
+        arr = arr.astype(np.float64 if arr.dtype.itemsize > 8 else np.float32)
     check_ndim(arr, f"points in {str(path)!r}", (2, 4))
     if arr.shape[0] == 0 or arr[0].size == 0:
         raise MemgeoError(f"{str(path)!r} holds an empty array of shape {arr.shape}", fix_format)
     check_finite(arr, f"points in {str(path)!r}")
+    arr = native_order(arr)  # big-endian files load as well
+    check_magnitude(arr, f"points in {str(path)!r}")
     return torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
+
+
+def check_magnitude(arr: np.ndarray, name: str, limit: float = MAX_ABS_VALUE) -> None:
+    """Refuse values beyond ``limit`` in magnitude (they overflow float32 geometry); see :data:`MAX_ABS_VALUE`."""
+    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if peak > limit:
+        raise MemgeoError(f"{name} reach |x| = {peak:.3g}, beyond the {limit:.0e} memgeo accepts (squared distances "
+                          "and network activations would overflow float32)",
+                          "rescale the data, e.g. to [-1, 1] as the models are trained on")
 
 
 def _npy_dataset(path: str) -> Dataset:

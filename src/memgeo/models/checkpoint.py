@@ -59,6 +59,46 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MemgeoError(f"checkpoint file {path} is corrupt ({exc})", "re-train or restore it") from exc
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
+    from safetensors import safe_open
+
+    read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(int(d) for d in fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MemgeoError(f"checkpoint file {path} is corrupt ({exc})", "re-train or restore it") from exc
+
+
+def check_weight_shapes(build: Callable[[Any], torch.nn.Module], config: Any, path: Path) -> None:
+    """Compare the tensors in ``path`` with those ``build(config)`` would have, without allocating them.
+
+    The module is built on PyTorch's ``meta`` device (shapes only), so a config that claims an
+    enormous width is refused by the mismatch with the stored weights instead of being allocated.
+
+    Raises
+    ------
+    MemgeoError
+        Missing, unexpected or differently shaped tensors, naming the first few.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build(config)
+    except Exception:  # noqa: BLE001 - a builder that cannot run on meta is checked after loading instead
+        return
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = tensor_shapes(path)
+    problems = [f"{k} missing" for k in expected if k not in stored]
+    problems += [f"{k} unexpected" for k in stored if k not in expected]
+    problems += [f"{k} is {stored[k]} but the config makes {v}" for k, v in expected.items()
+                 if k in stored and stored[k] != v]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise MemgeoError(f"weights in {path} do not match its config ({'; '.join(problems[:3])}{more})",
+                          "re-train or restore the checkpoint; its metadata or weights were altered")
+
+
 def parse_model_config(text: str, source: str) -> ModelConfig:
     """Parse a model config from JSON text, naming ``source`` on failure."""
     try:
@@ -93,7 +133,9 @@ def load_configured_module(folder: str | Path, file_name: str, config_key: str,
     meta = read_metadata(path)
     if config_key not in meta:
         raise MemgeoError(f"{path} {missing[0]}", missing[1])
-    module = build(parse_config(meta[config_key], str(path)))
+    config = parse_config(meta[config_key], str(path))
+    check_weight_shapes(build, config, path)  # before the real module is allocated
+    module = build(config)
     tensors = load_tensors(path)
     try:
         module.load_state_dict(tensors, strict=True)

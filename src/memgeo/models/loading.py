@@ -100,6 +100,9 @@ def _load_array(path: str, what: str) -> torch.Tensor:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise MemgeoError(f"{what} file {p} is not a readable .npy array ({exc})", "save it with numpy.save") from exc
+    if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer)
+                                               or np.issubdtype(arr.dtype, np.floating)):
+        raise MemgeoError(f"{what} file {p} does not hold real numbers", "save a float array with numpy.save")
     t = torch.as_tensor(np.asarray(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32))
     check_finite(t, f"{what} file {p}")
     return t

@@ -118,6 +118,34 @@ def scheduler_grid(scheduler, schedule: DiscreteSchedule, steps: int) -> Samplin
                         clip=clip)
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), at most ``limit`` characters."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
+#: A tokenizer that pads to more tokens than this is misconfigured (transformers' "no limit" is 1e30).
+MAX_TOKENIZER_LENGTH = 100_000
+
+
+def check_tokenizer_folder(folder: Path) -> None:
+    """Raise :class:`MemgeoError` when a tokenizer folder holds no vocabulary file."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise MemgeoError(f"tokenizer folder {folder} holds no vocabulary ({', '.join(TOKENIZER_FILES)})",
+                          "restore the tokenizer (save_pretrained writes it)")
+
+
+def check_tokenizer(tok, folder: Path) -> None:
+    """Raise :class:`MemgeoError` when a loaded tokenizer has no usable length or vocabulary."""
+    length = getattr(tok, "model_max_length", None)
+    if not isinstance(length, int) or not 0 < length <= MAX_TOKENIZER_LENGTH:
+        raise MemgeoError(f"tokenizer in {folder} has no usable model_max_length ({length!r})",
+                          "set model_max_length in its tokenizer_config.json (77 for CLIP)")
+    if len(tok) < 3:
+        raise MemgeoError(f"tokenizer in {folder} has an empty vocabulary", "restore the tokenizer files")
+
+
 def _check_folder(folder: Path) -> None:
     if not (folder / "model_index.json").is_file():
         raise MemgeoError(f"{folder} has no model_index.json", "point at a diffusers pipeline folder")
@@ -167,17 +195,35 @@ class DiffusersPromptModel(PromptDiffusionModel):
 
         folder = Path(folder)
         _check_folder(folder)
-        try:
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
-            text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype)
+        step = "unet"
+        try:  # weights only from safetensors files: a pickle .bin is refused, never unpickled
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, use_safetensors=True,
+                                                        torch_dtype=dtype)
+            step = "text_encoder"
+            text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True,
+                                                 dtype=dtype)
+            step = "tokenizer"
+            check_tokenizer_folder(folder / "tokenizer")
             tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+            check_tokenizer(tok, folder / "tokenizer")
+            step = "scheduler"
             sched = load_scheduler(folder / "scheduler")
-            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
-                   if (folder / "vae").is_dir() else None)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise MemgeoError(f"cannot load the pipeline in {folder} ({str(exc).splitlines()[0]})",
-                              "check that it was saved with save_pretrained and is complete") from exc
-        return cls(unet, text, tok, sched, vae, fused_attention=fused_attention).to(device)
+            step = "vae"
+            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, use_safetensors=True,
+                                                 torch_dtype=dtype) if (folder / "vae").is_dir() else None)
+            step = "scheduler"
+            return cls(unet, text, tok, sched, vae, fused_attention=fused_attention).to(device)
+        except MemgeoError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a third-party loader is a broken component
+            pickled = sorted(f.name for f in (folder / step).glob("*.bin")) if (folder / step).is_dir() else []
+            if pickled and not any((folder / step).glob("*.safetensors")):
+                raise MemgeoError(f"{step}/ of the pipeline in {folder} holds pickle weights ({', '.join(pickled)}) "
+                                  "and no .safetensors: memgeo never unpickles weights (a pickle can run code)",
+                                  f"convert them: load {step}/ with diffusers or transformers and save_pretrained it "
+                                  "(safetensors is the default)") from exc
+            raise MemgeoError(f"cannot load {step}/ of the pipeline in {folder} ({one_line(exc)})",
+                              f"restore {step}/ (save_pretrained writes it, with weights as .safetensors)") from exc
 
     def sampling_grid(self, steps: int) -> SamplingGrid:
         """The scheduler's own grid for ``steps`` steps (:func:`scheduler_grid`)."""

@@ -235,18 +235,20 @@ class DiffusersFlowModel(PromptDiffusionModel):
         has_t5 = (folder / "text_encoder_3").is_dir()
         try:
             transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", local_files_only=True,
-                                                                torch_dtype=dtype)
+                                                                use_safetensors=True, torch_dtype=dtype)
             sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
             te1 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                                              dtype=dtype)
+                                                              use_safetensors=True, dtype=dtype)
             te2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", local_files_only=True,
-                                                              dtype=dtype)
+                                                              use_safetensors=True, dtype=dtype)
             tok1 = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
             tok2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
-            te3 = (T5EncoderModel.from_pretrained(folder / "text_encoder_3", local_files_only=True, dtype=dtype)
+            te3 = (T5EncoderModel.from_pretrained(folder / "text_encoder_3", local_files_only=True,
+                                                  use_safetensors=True, dtype=dtype)
                    if has_t5 else None)
             tok3 = AutoTokenizer.from_pretrained(folder / "tokenizer_3", local_files_only=True) if has_t5 else None
-            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
+            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, use_safetensors=True,
+                                                 torch_dtype=dtype)
                    if (folder / "vae").is_dir() else None)
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise MemgeoError(f"cannot load the flow pipeline in {folder} ({str(exc).splitlines()[0]})",

@@ -93,7 +93,8 @@ def _check_sdxl_folder(folder: Path) -> dict:
 
 def _load_transformer(cls, path: Path, dtype: torch.dtype):
     """A transformers model loaded offline; missing or unexpected weights are an error, not a warning."""
-    model, info = cls.from_pretrained(path, local_files_only=True, dtype=dtype, output_loading_info=True)
+    model, info = cls.from_pretrained(path, local_files_only=True, dtype=dtype, output_loading_info=True,
+                                       use_safetensors=True)
     bad = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
     if bad:
         raise MemgeoError(f"{path} does not hold a complete {cls.__name__} (missing or mismatched: "
@@ -209,7 +210,8 @@ class DiffusersSDXLModel(DiffusersPromptModel):
         index = _check_sdxl_folder(folder)
         step = "unet"
         try:
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, use_safetensors=True,
+                                                        torch_dtype=dtype)
             step = "text_encoder"
             text = _load_transformer(CLIPTextModel, folder / "text_encoder", dtype)
             step = "text_encoder_2"
@@ -221,7 +223,8 @@ class DiffusersSDXLModel(DiffusersPromptModel):
             step = "scheduler"
             sched = load_scheduler(folder / "scheduler")  # its own class: the sampling grid is the pipeline's
             step = "vae"
-            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
+            vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, use_safetensors=True,
+                                                 torch_dtype=dtype)
                    if (folder / "vae").is_dir() else None)
         except MemgeoError:
             raise

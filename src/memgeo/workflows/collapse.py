@@ -30,11 +30,11 @@ from memgeo.collapse.families import ESTIMATORS, FAMILIES, make_family
 from memgeo.collapse.loops import LOOPS, History, check_loop, simulate
 from memgeo.collapse.schedules import parse_schedule
 from memgeo.collapse.theory import theory_curves
-from memgeo.errors import MemgeoError, check_choice
+from memgeo.errors import MemgeoError, check_choice, check_fits_in_memory
 from memgeo.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
 from memgeo.report import Report, glossary, metric_label
 from memgeo.report.collapse_plots import fan_chart, lines_plot, metric_panels
-from memgeo.workflows.common import figure_to_report, say, start_run
+from memgeo.workflows.common import figure_to_report, run_command, say, start_run
 
 __all__ = ["CollapseConfig", "NeuralCollapseConfig", "run_collapse", "run_neural_collapse", "summary_rows"]
 
@@ -42,7 +42,7 @@ __all__ = ["CollapseConfig", "NeuralCollapseConfig", "run_collapse", "run_neural
 class CollapseConfig(BaseModel):
     """A simulation of analytic families (see :mod:`memgeo.collapse`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     family: str = "gaussian"
     estimator: str = "mle"
@@ -178,16 +178,35 @@ def _write_runs(out: Path, hists: dict[str, History]) -> list[str]:
     return [*written, "runs.parquet"]
 
 
+#: float64 copies of a run's data a simulation step holds (samples, refit, evaluation draws), and the
+#: per-generation metrics kept per run.
+SIM_COPIES = 4
+METRICS_PER_GENERATION = 32
+
+
+def check_collapse_size(cfg: CollapseConfig, sizes: list[int]) -> None:
+    """Refuse up front a simulation whose (runs, samples, dim) arrays cannot fit in memory."""
+    width = cfg.categories if cfg.family == "categorical" else cfg.dim
+    held = sum(sizes) if cfg.loop.startswith("accumulate") else max(sizes)
+    per_run = 8.0 * (SIM_COPIES * (held + cfg.n_eval + (cfg.fresh_n or cfg.n)) * width
+                     + METRICS_PER_GENERATION * (cfg.generations + 1))
+    check_fits_in_memory(cfg.runs * per_run, f"--runs {cfg.runs} x {cfg.generations} generations of up to {held} "
+                         f"samples in {width} dimension(s)", "use fewer --runs (or generations, or a smaller --n)")
+
+
+@run_command
 def run_collapse(cfg: CollapseConfig, out: str | Path) -> dict[str, Any]:
     """Simulate every schedule of ``cfg``, write the outputs listed in the module docstring."""
     cfg.validate_choices()
     family = build_family(cfg)
     check_loop(family, cfg.loop)
+    check_collapse_size(cfg, [cfg.n])  # before the schedules allocate (generations,) arrays
     schedules = [parse_schedule(s, cfg.n) for s in cfg.schedule]
     for s in schedules:  # every size problem before the output folder exists
         sizes = s.sizes(cfg.generations, minimum=family.min_samples)
         if hasattr(family, "check_sizes"):
             family.check_sizes(sizes)
+        check_collapse_size(cfg, [int(v) for v in sizes])
     if cfg.loop == "fresh" and cfg.fresh_n is not None and cfg.fresh_n < family.min_samples:
         raise MemgeoError(f"--fresh-n {cfg.fresh_n} is below the {family.min_samples} samples a fit needs",
                           "raise --fresh-n")
@@ -358,6 +377,7 @@ _NEURAL_PANELS = ("trace_ratio", "energy", "recall", "precision", "copy_rate_own
                   "lid", "mean_norm_dist")
 
 
+@run_command
 def run_neural_collapse(cfg: NeuralCollapseConfig, out: str | Path) -> dict[str, Any]:
     """Run every loop of ``cfg``; write generations.csv, metrics.json, figures and report.html."""
     import torch

@@ -26,7 +26,16 @@ from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load,
 from memgeo.models.base import DiffusionModel, model_dtype
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report, image_grid, scatter_plot, spectra_plot
-from memgeo.workflows.common import figure_to_report, point_conditions, say, start_run
+from memgeo.errors import check_fits_in_memory
+from memgeo.workflows.common import (
+    check_point_shape,
+    check_prompt_tokens,
+    figure_to_report,
+    point_conditions,
+    run_command,
+    say,
+    start_run,
+)
 
 
 # ------------------------------------------------------------------------------------------- conditions
@@ -73,6 +82,7 @@ def model_conditions(model: DiffusionModel, n: int, *, cond: int | None = None, 
                           "pass --prompt TEXT or --prompt-file FILE instead")
     if given is None:
         return None, None
+    check_prompt_tokens(model, given)
     if len(given) == 1:
         row_prompts = given * n
     elif len(given) == n:
@@ -87,7 +97,7 @@ def model_conditions(model: DiffusionModel, n: int, *, cond: int | None = None, 
 class TrainRunConfig(BaseModel):
     """``memgeo train``: data, optional memorization injection, architecture and optimisation."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: str = "digits"
     arch: Literal["mlp", "unet"] = "mlp"
@@ -103,6 +113,7 @@ class TrainRunConfig(BaseModel):
     preview_samples: int = Field(16, ge=0)
 
 
+@run_command
 def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
     """Train a model into ``out`` (a checkpoint folder usable as ``--model``); resumes if interrupted."""
     ds = load_dataset(cfg.data)
@@ -110,7 +121,8 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
         ds = replace_class_with_copies(ds, cfg.memorize_class, n_copies=cfg.copies, fraction=cfg.fraction,
                                        seed=cfg.train.seed)
     if cfg.conditional and ds.y is None:
-        raise MemgeoError(f"data {cfg.data!r} has no labels for a conditional model", "pass --unconditional")
+        raise MemgeoError(f"data {cfg.data!r} has no labels for a conditional model",
+                          "pass --no-conditional (or conditional: false in --config) to train an unconditional model")
     n_classes = int(ds.y.max()) + 1 if cfg.conditional else None
     if cfg.arch == "mlp":
         model_cfg = MLPConfig(data_shape=ds.data_shape, hidden=cfg.hidden, depth=cfg.depth, num_classes=n_classes,
@@ -151,7 +163,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
 class SampleRunConfig(BaseModel):
     """``memgeo sample``: how many generations, of which class or prompt(s), with which sampler."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str
     n: int = Field(64, ge=1)
@@ -179,6 +191,11 @@ def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor
     return torch.cat(parts).clamp(-1, 1).float().cpu()
 
 
+#: Copies of the (n, *data_shape) float32 batch a sampler holds at its peak (noise, x_t, eps, x0, output).
+SAMPLE_COPIES = 6
+
+
+@run_command
 def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     """Generate samples and, with ``train_data``, label copies.
 
@@ -189,9 +206,16 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     """
     model = load(cfg.model, fused_attention=True)  # sampling needs no second-order gradients
     sampler = get_sampler(cfg.sampler)
+    shape = tuple(int(v) for v in model.data_shape)
+    check_fits_in_memory(SAMPLE_COPIES * 4.0 * cfg.n * float(np.prod(shape)),
+                         f"--n {cfg.n} samples of shape {shape}", "sample fewer (--n) per run, in several runs")
     cond, row_prompts = model_conditions(model, cfg.n, cond=cfg.cond, prompts=cfg.prompts,
                                          prompt_file=cfg.prompt_file)
     latent = getattr(model, "vae", None) is not None
+    train_ds = load_dataset(cfg.train_data) if cfg.train_data else None  # refused before anything is written
+    if train_ds is not None and not latent and int(np.prod(train_ds.x.shape[1:])) != model.dim:
+        raise MemgeoError(f"--train-data {cfg.train_data} has points of shape {tuple(train_ds.x.shape[1:])} but the "
+                          f"model makes {shape}", "pass the model's own training data")
     out = start_run(out, cfg, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
@@ -199,6 +223,10 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     res = sampler(model, noise, steps=cfg.steps, cond=cond, guidance=cfg.guidance,
                   clip=(-1.0, 1.0) if cfg.clip and not latent else None, generator=gen, progress=True)
     x0 = res.x0.float().cpu()
+    bad = int((~torch.isfinite(x0.reshape(cfg.n, -1))).any(1).sum())
+    if bad:
+        raise MemgeoError(f"sampling produced {bad} of {cfg.n} samples with NaN/inf values",
+                          "lower --guidance, use more --steps, or check the model")
     write_npy(out / "samples.npy", x0.numpy())
     images = decode_latents(model, res.x0) if latent else x0
     if latent:
@@ -208,8 +236,7 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1, "latent": latent}
     report = Report("memgeo sample", subtitle=cfg.model)
     is_copy = None
-    if cfg.train_data:
-        train_ds = load_dataset(cfg.train_data)
+    if train_ds is not None:
         labels = label_copies(images, train_ds.x, criterion=cfg.copy_criterion)
         is_copy = labels.is_copy
         rows = [{**r, **{k: v for k, v in lr.items() if k != "sample"}} for r, lr in zip(rows, labels.to_rows())]
@@ -235,7 +262,7 @@ class SharpnessRunConfig(BaseModel):
     by :func:`resolve_time` and :func:`model_conditions`, before the output folder is created.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str
     points: str
@@ -249,6 +276,7 @@ class SharpnessRunConfig(BaseModel):
     chunk_size: int = Field(32, ge=1)
 
 
+@run_command
 def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     """Hessian spectra at the given points; writes ``sharpness.json`` and ``sharpness.csv``.
 
@@ -260,6 +288,7 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     t = resolve_time(model, cfg.t, cfg.sigma)
     pts = load_points(cfg.points)
     check_points(model, pts)  # wrong dimension fails here, before the output folder exists
+    check_point_shape(model, pts)
     cond, _ = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
                                prompt_file=cfg.prompt_file)
     out = start_run(out, cfg, None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 from memgeo.data.prompt_sets import prompt_provenance, resolve_prompts
 from memgeo.data.prompts import PromptEntry
 from memgeo.data.registry import load_points
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_fits_in_memory
 from memgeo.io import write_csv, write_json
 from memgeo.memorization.attribution import token_attribution
 from memgeo.memorization.copies import label_copies
@@ -57,7 +58,15 @@ from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report, glossary
 from memgeo.report.prompt_html import add_token_attribution
 from memgeo.report.prompt_plots import cost_vs_auroc, detection_roc, score_histograms
-from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
+from memgeo.workflows.common import (
+    check_prompt_tokens,
+    evaluate_or_reason,
+    figure_to_report,
+    previous_config,
+    run_command,
+    say,
+    start_run,
+)
 
 DEFAULT_SCORES = ("wen", "jeon", "jeon_vjp", "asthana", "hessian_diff", "sharpness")
 # Side outputs whose sign is part of their definition (higher = memorized), evaluated as well.
@@ -67,7 +76,7 @@ SIGNED_EXTRAS = {"asthana": ("norm", "cosine")}
 class DetectConfig(BaseModel):
     """Options of a detection run (saved as config.json)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str
     prompts: str
@@ -85,6 +94,29 @@ class DetectConfig(BaseModel):
     attribution_score: str | None = "wen"
     attribution_max_prompts: int = Field(40, ge=0)
     dtype: DTypeName = "float32"
+
+#: Bytes a generation holds while a chunk is scored (noise, samples, eps and Jacobian products, float32),
+#: per value of the sample, and bytes of its row in the per-generation table.
+CHUNK_COPIES = 16
+ROW_BYTES = 2000
+
+
+def check_clip(cfg: DetectConfig) -> None:
+    """Refuse an empty or reversed clamp range (``--clip 1:-1``)."""
+    clip = cfg.sampling.clip
+    if clip is not None:
+        lo, hi = (float(v) for v in clip)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise MemgeoError(f"--clip {lo:g}:{hi:g} is an empty or reversed range (LOW must be below HIGH)",
+                              "pass --clip LOW:HIGH with LOW < HIGH, e.g. --clip -1:1")
+
+
+def check_detect_size(cfg: DetectConfig, n_prompts: int, dim: int) -> None:
+    """Refuse up front a run whose per-generation arrays and tables cannot fit in memory."""
+    g = cfg.generations
+    need = 4.0 * CHUNK_COPIES * min(cfg.batch_prompts, n_prompts) * g * dim + ROW_BYTES * float(n_prompts) * g
+    check_fits_in_memory(need, f"{n_prompts} prompt(s) x --generations {g} (samples of {dim} values)",
+                         "use fewer --generations (or fewer prompts per run)")
 
 
 def preset_options(name: str, scores: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
@@ -235,11 +267,11 @@ def _compute_chunk(model: PromptDiffusionModel, cfg: DetectConfig, entries: list
 
 
 def _check_resume(out: Path, cfg: DetectConfig) -> None:
-    old = out / "config.json"
-    if not old.is_file() or not (out / "prompts").is_dir():
+    old = previous_config(out)  # an unfinished run's in-progress config, else config.json
+    if old is None or not (out / "prompts").is_dir():
         return
     try:
-        previous = DetectConfig.model_validate(json.loads(old.read_text()))
+        previous = DetectConfig.model_validate(old)
     except (ValueError, OSError):
         return  # unreadable: records are validated one by one anyway
     if _config_key(previous) != _config_key(cfg):
@@ -247,6 +279,7 @@ def _check_resume(out: Path, cfg: DetectConfig) -> None:
                           "choose a new --out, or rerun with the same model, prompts, scores and options")
 
 
+@run_command
 def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionModel | None = None,
                progress: bool = True) -> dict[str, Any]:
     """Score every prompt of ``cfg.prompts`` (resuming finished ones), evaluate and write the report.
@@ -265,6 +298,7 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
         summary.json's content.
     """
     out = Path(out)
+    check_clip(cfg)
     scores = tuple(parse_score_names(list(cfg.scores)))
     cfg = cfg.model_copy(update={"scores": scores})
     for name in cfg.score_params:
@@ -286,6 +320,8 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
     if not isinstance(model, PromptDiffusionModel):
         raise MemgeoError(f"{cfg.model} is not a prompt-conditioned model", "point --model at a caption or pipeline model")
     model.eval()
+    check_detect_size(cfg, len(entries), model.dim)
+    check_prompt_tokens(model, [e.prompt for e in entries])
     train = _load_train(cfg.train_data, model) if cfg.train_data else None
     if cfg.attribution_score is not None:
         get_prompt_score(cfg.attribution_score)

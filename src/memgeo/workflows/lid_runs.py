@@ -26,13 +26,20 @@ from memgeo.models import load
 from memgeo.models.base import DiffusionModel, model_dtype
 from memgeo.report import Report, scatter_plot, score_histogram
 from memgeo.workflows.commands import model_conditions
-from memgeo.workflows.common import evaluate_or_reason, figure_to_report, say, start_run
+from memgeo.workflows.common import (
+    check_point_shape,
+    evaluate_or_reason,
+    figure_to_report,
+    run_command,
+    say,
+    start_run,
+)
 
 
 class LIDRunConfig(BaseModel):
     """``memgeo lid``: one estimator on a points file, with a model (LID_model) or data (LID_data)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     points: str
     estimator: str = "flipd"
@@ -61,7 +68,7 @@ class LIDRunConfig(BaseModel):
 
 def build_estimator(name: str, params: dict[str, Any]) -> LIDEstimator:
     """Instantiate ``name`` with those of ``params`` its ``__init__`` accepts (None values dropped)."""
-    accepted = inspect.signature(LID_ESTIMATORS[name].__init__).parameters
+    accepted = inspect.signature(LID_ESTIMATORS.get(name).__init__).parameters  # unknown name: MemgeoError
     unknown = [k for k, v in params.items() if v is not None and k not in accepted]
     if unknown:
         raise MemgeoError(f"estimator {name!r} has no option(s) {', '.join(unknown)}",
@@ -95,6 +102,7 @@ def _data_tensor(spec: str) -> torch.Tensor:
     return load_points(spec) if spec.endswith(".npy") else load_dataset(spec).x
 
 
+@run_command
 def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
     pts = load_points(cfg.points)
@@ -103,6 +111,7 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     reference = _data_tensor(cfg.data) if cfg.data else None
     if model is not None:
         check_points(model, pts)
+        check_point_shape(model, pts)
     elif reference is not None and reference.reshape(reference.shape[0], -1).shape[1] != pts.reshape(pts.shape[0], -1).shape[1]:
         raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
     cond = (model_conditions(model, pts.shape[0], cond=cfg.cond, prompts=cfg.prompts, prompt_file=cfg.prompt_file)[0]
@@ -124,7 +133,7 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
 class AuditConfig(BaseModel):
     """``memgeo audit``: sharpness, LID_model, LID_data and MMH labels of generated samples."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str
     points: str
@@ -144,21 +153,28 @@ class AuditConfig(BaseModel):
     data_low: float | None = None
 
 
+@run_command
 def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
     (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report."""
+    data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)  # a bad name fails before the model loads
+    if data_est.needs_model:
+        raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
     model = load(cfg.model)
     pts = load_points(cfg.points)
     check_points(model, pts)
+    check_point_shape(model, pts)
     ref_spec = cfg.reference or cfg.train_data
     if ref_spec is None:
         raise MemgeoError("audit needs data for LID_data", "pass --train-data and/or --reference")
     reference = _data_tensor(ref_spec)
     cond, row_prompts = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
                                          prompt_file=cfg.prompt_file)
-    data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)
-    if data_est.needs_model:
-        raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
+    train_x = _data_tensor(cfg.train_data) if cfg.train_data else None
+    for what, data in (("--reference" if cfg.reference else "--train-data", reference), ("--train-data", train_x)):
+        if data is not None and data[0].numel() != pts[0].numel():
+            raise MemgeoError(f"{what} has points of shape {tuple(data.shape[1:])} but --points have "
+                              f"{tuple(pts.shape[1:])}", "pass data of the samples' dimension")
     out = start_run(out, cfg, None)
     x = pts.to(model_dtype(model))
     say(f"audit of {pts.shape[0]} samples: sharpness, FLIPD(t0={cfg.t0}), LID_data ({cfg.lid_data})")
@@ -175,7 +191,7 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
                                "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical}
     is_copy = None
     if cfg.train_data:
-        copies = label_copies(pts, _data_tensor(cfg.train_data))
+        copies = label_copies(pts, train_x)
         is_copy = copies.is_copy
         for r, c in zip(rows, copies.to_rows()):
             r.update({"is_copy": c["is_copy"], "d1": c["d1"], "d2": c["d2"]})

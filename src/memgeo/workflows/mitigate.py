@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
 from memgeo.data.registry import load_points
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, check_fits_in_memory
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copies import COPY_CRITERIA, label_copies
 from memgeo.memorization.mitigation import MITIGATIONS, Mitigation, get_mitigation
@@ -46,7 +46,14 @@ from memgeo.models.loading import DTypeName, load
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.report import Report, glossary
 from memgeo.report.mitigation_plots import method_grid, tradeoff_plot
-from memgeo.workflows.common import figure_to_report, say, start_run
+from memgeo.workflows.common import (
+    check_prompt_tokens,
+    figure_to_report,
+    previous_config,
+    run_command,
+    say,
+    start_run,
+)
 
 BASELINE = "none"
 
@@ -54,7 +61,7 @@ BASELINE = "none"
 class MitigateConfig(BaseModel):
     """Settings of :func:`run_mitigate`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str
     prompts: str
@@ -107,6 +114,13 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
         prompts = prompts[: cfg.max_prompts]
     # float32 (the default) keeps the stored dtype, float32 for checkpoints and pipelines
     model = load(cfg.model, dtype=None if cfg.dtype == "float32" else cfg.dtype)
+    if not isinstance(model, PromptDiffusionModel):
+        raise MemgeoError(f"{cfg.model} is not a prompt-conditioned model",
+                          "point --model at a caption checkpoint or a diffusers pipeline folder")
+    check_fits_in_memory(4.0 * GENERATION_COPIES * cfg.generations * model.dim,
+                         f"--generations {cfg.generations} per prompt (samples of {model.dim} values)",
+                         "use fewer --generations")
+    check_prompt_tokens(model, [p.prompt for p in prompts])
     train = None
     if cfg.train_data is not None:
         train = load_points(cfg.train_data).numpy()
@@ -126,11 +140,14 @@ def _load_inputs(cfg: MitigateConfig) -> tuple[PromptDiffusionModel, list[Prompt
     return model, prompts, train, classifier
 
 
+#: Copies of one prompt's (generations, *data_shape) float32 batch a method holds at its peak.
+GENERATION_COPIES = 16
+
+
 def _check_resume(out: Path, cfg: MitigateConfig) -> None:
-    """Refuse to mix results of different settings in one folder."""
-    old = out / "config.json"
-    if old.is_file():
-        previous = json.loads(old.read_text())
+    """Refuse to mix results of different settings in one folder (an unfinished run's config counts)."""
+    previous = previous_config(out)
+    if previous is not None:
         if isinstance(previous, dict):
             previous.setdefault("dtype", "float32")  # runs made before the option existed
         now = json.loads(cfg.model_dump_json())
@@ -166,9 +183,10 @@ def _generate_prompt(method: Mitigation, model: PromptDiffusionModel, cfg: Mitig
         raise MemgeoError(f"method {method.name} cannot run in {cfg.dtype} on {noise.device.type} ({first})",
                           f"run it with --dtype float32, or drop {method.name} from --method") from exc
     images = res.samples.detach()
-    if cfg.dtype in ("float16", "bfloat16") and not torch.isfinite(images).all():
-        raise MemgeoError(f"method {method.name} produced NaN/inf samples in {cfg.dtype}",
-                          "run it with --dtype float32")
+    if not torch.isfinite(images).all():
+        raise MemgeoError(f"method {method.name} produced NaN/inf samples for prompt {index} in {cfg.dtype}",
+                          "run it with --dtype float32" if cfg.dtype in ("float16", "bfloat16")
+                          else "lower --guidance or the method's step sizes in --params")
     if latent:
         with torch.no_grad():
             images = model.decode(images)
@@ -214,6 +232,7 @@ def _summaries(rows: list[dict], names: list[str]) -> list[dict]:
     return table
 
 
+@run_command
 def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Generate with every method, label copies and classes, write results and report; returns the summary."""
     out = Path(out)
