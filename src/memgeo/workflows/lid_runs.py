@@ -24,7 +24,7 @@ from memgeo.memorization import label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import load
 from memgeo.models.base import DiffusionModel, model_dtype
-from memgeo.report import Report, scatter_plot, score_histogram
+from memgeo.report import Report, glossary, score_histogram
 from memgeo.workflows.commands import model_conditions
 from memgeo.workflows.common import (
     check_point_shape,
