@@ -254,10 +254,15 @@ def _audit_report(out: Path, cfg: AuditConfig, ref_spec: str, audit: Any, rows: 
     if is_copy is not None:
         lc = summary["labels_of_copies"]
         det = summary["detection"]
-        lines.append(f"{int(is_copy.sum())} samples copy a training image; of them {lc['DD-Mem']} are DD-Mem, "
-                     f"{lc['OD-Mem']} OD-Mem, {lc['none']} none.")
-        lines.append(f"Copies are flagged by sharpness with AUROC {fmt_auroc(det['sharpness'])} and by −LID_{{model}} "
-                     f"with AUROC {fmt_auroc(det['-lid_model'])}.")
+        n_copy = int(is_copy.sum())
+        if 0 < n_copy < n:
+            lines.append(f"{n_copy} samples copy a training image; of them {lc['DD-Mem']} are DD-Mem, "
+                         f"{lc['OD-Mem']} OD-Mem, {lc['none']} none.")
+            lines.append(f"Copies are flagged by sharpness with AUROC {fmt_auroc(det['sharpness'])} and by "
+                         f"−LID_{{model}} with AUROC {fmt_auroc(det['-lid_model'])}.")
+        else:
+            lines.append(f"{'No' if n_copy == 0 else 'Every'} sample copies a training image, so no detection "
+                         "AUROC is defined.")
     report.add_verdict("\n".join(f"- {x}" for x in lines))
     report.add_glossary(glossary(["lid", "lid_model", "lid_data", "t0", "mmh", "sharpness", "lambda", "copy",
                                   "auroc"]))
@@ -270,14 +275,15 @@ def _audit_report(out: Path, cfg: AuditConfig, ref_spec: str, audit: Any, rows: 
     neg = (f" {n_neg} of {n} LID_{{model}} values are below 0 (lowest {float(lid_model.min()):.2f}). "
            + NEGATIVE_LID_CAPTION) if n_neg else ""
     figure_to_report(report, mmh_scatter(audit.lid_data, lid_model, audit.label, audit.model_low, audit.data_low,
-                                         is_copy=is_copy, t0=cfg.t0, title="LID_model against LID_data"),
+                                         is_copy=is_copy, t0=cfg.t0, title="LID$_{model}$ against LID$_{data}$"),
                      out / "figures" / "lid_scatter.png", heading="LID model against LID data",
                      caption="Colour: MMH label" + ("; black rings: copies" if is_copy is not None else "")
                              + f". Dashed: LID_{{model}} threshold {audit.model_low:.3g} (memorized below); dotted: "
                                f"LID_{{data}} threshold {audit.data_low:.3g} (DD-Mem to its left).{neg}")
     groups = np.asarray(audit.label, dtype=object)
     figure_to_report(report, score_histogram({str(k): lid_model[groups == k] for k in dict.fromkeys(groups.tolist())},
-                                             xlabel="LID_model (FLIPD), dimensions", title="LID_model by MMH label"),
+                                             xlabel="LID$_{model}$ (FLIPD), dimensions",
+                                             title="LID$_{model}$ by MMH label"),
                      out / "figures" / "lid_model_hist.png")
     keep = ["index", "prompt", "mmh_label", "lid_model", "lid_data", "sharpness", "is_copy"]
     report.add_table([{k: r.get(k) for k in keep if k in r} for r in rows], heading="Per sample", max_rows=30,
