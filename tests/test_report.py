@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
@@ -246,3 +247,71 @@ def test_written_html_round_trip_path(tmp_path):
     p = Report("empty").write(tmp_path / "a" / "r.html")
     assert isinstance(p, Path) and p.exists()
     assert "<nav" not in p.read_text()  # no headings: no table of contents
+
+
+# ---------------------------------------------------------------------------------------------
+# verdict, glossary, trimmed tables, zoomed ROC, MMH scatter, copy pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_verdict_renders_before_contents_and_sections():
+    rep = Report("r")
+    rep.add_text("body", heading="First section")
+    rep.add_verdict("- **97 of 100** copy image #455")
+    rep.add_glossary({"LID_{model}": "dimension of the model, σ^{2} scaled"})
+    text = rep.render()
+    v, toc, sec = text.index('class="verdict"'), text.index('<nav class="toc"'), text.index("First section</h2>")
+    assert v < toc < sec
+    assert "<strong>97 of 100</strong>" in text
+    assert "LID<sub>model</sub>" in text and "σ<sup>2</sup>" in text
+    assert rep.headings == ["First section", "Notation"]  # the verdict is not a numbered section
+
+
+def test_add_table_drops_constant_columns_and_links_the_csv():
+    rows = [{"score": "a", "auroc": 0.9, "n_pos": 5}, {"score": "b", "auroc": 0.7, "n_pos": 5}]
+    text = Report("t").add_table(rows, drop_constant=True, csv="scores.csv").render()
+    head = re.search(r"<thead>(.*?)</thead>", text).group(1)
+    assert "AUROC" in head and "positives" not in head  # readable header; the constant column is gone
+    assert "Same in every row: positives = 5." in text
+    assert '<a class="csv" href="scores.csv">full data: scores.csv</a>' in text
+    # one row: nothing is "constant"
+    single = Report("t").add_table(rows[:1], drop_constant=True).render()
+    assert "positives" in re.search(r"<thead>(.*?)</thead>", single).group(1)
+
+
+def test_roc_plot_log_fpr_panel_steps_through_the_curve():
+    fpr = np.array([0.0, 0.001, 0.01, 0.5, 1.0])
+    tpr = np.array([0.0, 0.4, 0.9, 0.95, 1.0])
+    fig = roc_plot({"s": (fpr, tpr, 0.97)}, log_fpr=True)
+    assert len(fig.axes) == 2
+    zoom = fig.axes[1]
+    assert zoom.get_xscale() == "log" and zoom.get_xlim()[0] == pytest.approx(0.001)
+    x, y = zoom.lines[0].get_data()
+    # at FPR 0.005 the best threshold reaches TPR 0.4, at FPR 0.02 it reaches 0.9 (step ROC)
+    assert y[np.searchsorted(x, 0.005)] == 0.4 and y[np.searchsorted(x, 0.02)] == 0.9
+
+
+def test_mmh_scatter_colours_by_label_and_draws_both_thresholds():
+    from memgeo.report import MMH_COLORS, mmh_scatter
+
+    labels = np.array(["none", "DD-Mem", "DD-Mem", "OD-Mem"])
+    fig = mmh_scatter(np.array([10.0, 1.0, 2.0, 9.0]), np.array([8.0, -0.5, 0.5, 1.0]), labels, 2.5, 3.0,
+                      is_copy=np.array([False, True, True, False]))
+    (ax,) = fig.axes
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[:3] == ["none (n=1)", "OD-Mem (n=1)", "DD-Mem (n=2)"] and "copies (n=2)" in texts
+    colours = [tuple(c.get_facecolor()[0]) for c in ax.collections[:3]]
+    assert colours == [matplotlib.colors.to_rgba(MMH_COLORS[k], 0.8) for k in ("none", "OD-Mem", "DD-Mem")]
+    ys = sorted(line.get_ydata()[0] for line in ax.lines if line.get_ydata()[0] == line.get_ydata()[1])
+    xs = [line.get_xdata()[0] for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1]]
+    assert 2.5 in ys and 0.0 in ys and xs == [3.0]  # LID_model threshold, zero line (a value < 0), LID_data threshold
+
+
+def test_copy_pairs_grid_puts_each_match_beside_its_generation(rng):
+    from memgeo.report import copy_pairs_grid
+
+    gen = rng.uniform(-1, 1, (3, 1, 4, 4))
+    match = -gen
+    fig = copy_pairs_grid(gen, match, ["g0", "g1", "g2"], ["m0", "m1", "m2"], ncols=2)
+    assert [ax.get_title() for ax in fig.axes] == ["g0", "m0", "g1", "m1", "g2", "m2"]
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), (match[0, 0] + 1) / 2)
