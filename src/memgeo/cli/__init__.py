@@ -6,7 +6,6 @@ Every command writes into one ``--out`` folder; bad input ends with a one-line `
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -34,17 +33,22 @@ def _prompt_options(prompt: list[str] | None, prompt_file: Path | None) -> dict[
 
 @app.command()
 def demo(
-    data: Annotated[str, typer.Option(help="digits (embedded) or mnist:PATH (IDX folder) / mnist (uses $MEMGEO_DATA).")] = None,
-    memorize_class: Annotated[int, typer.Option(help="Class whose images are replaced by copies of one image.")] = None,
-    control_class: Annotated[int, typer.Option(help="Untouched class for comparison.")] = None,
-    copies: Annotated[int, typer.Option(help="Number of copies put in (default: the class size).")] = None,
-    fraction: Annotated[float, typer.Option(help="Share of the class replaced by copies (1 = all).")] = None,
-    steps: Annotated[int, typer.Option(help="Training steps.")] = None,
-    n_samples: Annotated[int, typer.Option(help="Generations per class.")] = None,
+    data: Annotated[str, typer.Option(help="digits (embedded) or mnist:PATH (IDX folder) / mnist (uses "
+                                           "$MEMGEO_DATA). [default: digits]")] = None,
+    memorize_class: Annotated[int, typer.Option(help="Class whose images are replaced by copies of one image. "
+                                                     "[default: 9]")] = None,
+    control_class: Annotated[int, typer.Option(help="Untouched class for comparison. [default: 3]")] = None,
+    copies: Annotated[int, typer.Option(help="Number of copies put in. [default: the class size]")] = None,
+    fraction: Annotated[float, typer.Option(help="Share of the class replaced by copies (1 = all). "
+                                                 "[default: 1.0]")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps. [default: 4000]")] = None,
+    n_samples: Annotated[int, typer.Option(help="Generations per class. [default: 100]")] = None,
     toy: Annotated[bool, typer.Option(help="Include the 2-D toy illustration (trains a second, 2-D model); "
-                                           "--no-toy skips it.")] = None,
-    config: Annotated[Path, typer.Option(help="DemoConfig JSON; options given here override it.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = None,
+                                           "--no-toy skips it. [default: toy]")] = None,
+    config: Annotated[Path, typer.Option(help="DemoConfig JSON; options given here override it. "
+                                              "[default: none]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed. [default: 0]")] = None,
+    json_out: Json = False,
     out: Out = Path("runs/demo"),
 ) -> None:
     """Train a digit model with one class memorized, detect copies by sharpness, write a report.
@@ -52,6 +56,9 @@ def demo(
     OUT also gets the training set used (train_x.npy, train_labels.npy, train_duplicates.npy) and
     reproduce.sh: the memgeo sample / sharpness / lid / audit commands that recompute the headline
     numbers from OUT alone (also printed at the end and listed in metrics.json under "reproduce").
+
+    \b
+    Example: memgeo demo --out runs/demo
     """
     from memgeo.workflows.demo import DemoConfig, run_demo
 
@@ -60,7 +67,12 @@ def demo(
         "fraction": fraction, "train.steps": steps, "n_samples": n_samples, "toy.enabled": toy, "seed": seed})
     metrics = run_demo(cfg, out)
     keys = ("copy_rate_memorized", "copy_rate_control", "auroc_sharpness", "auroc_sharpness_ci")
-    typer.echo(json.dumps({k: metrics[k] for k in keys}))
+    ci = metrics["auroc_sharpness_ci"] or [None, None]
+    auroc = auroc_text({"auroc": metrics["auroc_sharpness"], "ci_low": ci[0], "ci_high": ci[1]})
+    emit(json_out, {k: metrics[k] for k in keys},
+         f"copy rate {num(metrics['copy_rate_memorized'], 3)} in memorized class {cfg.memorize_class}, "
+         f"{num(metrics['copy_rate_control'], 3)} in control class {cfg.control_class}; sharpness flags the "
+         f"copies with AUROC [95 % CI] {auroc}; report: {out / 'report.html'}")
 
 
 @app.command("train")
