@@ -10,9 +10,10 @@ point shows the same effect where it can be drawn.
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,17 +22,33 @@ from pydantic import BaseModel, ConfigDict, Field
 from memgeo.data import Dataset, load_dataset, replace_class_with_copies
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum, spectrum_along_trajectory
-from memgeo.geometry.lid import FLIPD, LocalPCA
-from memgeo.io import write_csv, write_json, write_npy
+from memgeo.geometry.lid import get_lid_estimator
+from memgeo.io import atomic_write_text, write_csv, write_json, write_npy
 from memgeo.memorization import COPY_CRITERIA, label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import MLPConfig, SampleResult, TrainConfig, VPSchedule, get_sampler, train
 from memgeo.models.base import DiffusionModel
 from memgeo.report import Report
 from memgeo.workflows.common import evaluate_or_reason, masked_mean, say, start_run
-from memgeo.workflows.demo_report import write_demo_figures
-from memgeo.workflows.lid_runs import reference_typical_lid
+from memgeo.workflows.demo_report import write_demo_report
+from memgeo.workflows.lid_runs import AuditConfig, build_estimator, estimate_lid, reference_typical_lid
 from memgeo.workflows.toy import ToyConfig, run_toy
+
+
+#: `memgeo audit`'s defaults; the demo's headline noise level is the same, so that its folder's
+#: ``reproduce`` commands and a plain `memgeo audit` agree.
+AUDIT_T: float = AuditConfig.model_fields["t0"].default
+#: Output sub-folder (inside the demo folder) of the reproduction commands.
+REPRODUCE_DIR = "reproduce"
+
+
+#: Why FLIPD can be negative on a trained network, stated wherever LID_model values are shown.
+NEGATIVE_FLIPD_NOTE = (
+    "FLIPD values are reported unclipped. For the exact score of any data distribution FLIPD = "
+    "psi^2 tr Cov[x0 | x_t] / sigma^2 + sigma^2 ||score||^2 >= 0, so a negative LID_model is the trained "
+    "network's error, not a dimension: its Jacobian at a copy contracts slightly faster than a point mass "
+    "(-1/sigma^2 in every direction), which pushes FLIPD a little below 0. Read such values as 0; the MMH "
+    "labels do not change (the threshold is positive).")
 
 
 class DemoConfig(BaseModel):
@@ -47,6 +64,8 @@ class DemoConfig(BaseModel):
     source_index: int | None = None
     hidden: int | None = Field(None, ge=8, description="MLP width; default 256 for D <= 256, else the next power of two >= D")
     depth: int = Field(3, ge=1)
+    prediction: Literal["eps", "x0"] = Field(
+        "x0", description="network output; x0 (clean data) gives FLIPD an accurate Jacobian (see README)")
     train: TrainConfig = TrainConfig(steps=4000, batch_size=256, lr=1e-3, checkpoint_every=1000, log_every=200)
     n_samples: int = Field(100, ge=2, description="generations per class")
     sampler: str = "ddim"
@@ -55,7 +74,7 @@ class DemoConfig(BaseModel):
     copy_criterion: str = "ratio"
     copy_threshold: float | None = None
     sharpness_t: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
-    headline_t: float = 0.1
+    headline_t: float = Field(AUDIT_T, description="t of the headline sharpness and FLIPD's t0 (as `memgeo audit`)")
     trajectory_every: int = Field(5, ge=1)
     toy: ToyConfig = ToyConfig()
     seed: int = 0
@@ -83,20 +102,107 @@ def _validate(cfg: DemoConfig, ds: Dataset) -> None:
     get_sampler(cfg.sampler)
 
 
-def _sample(model: DiffusionModel, cfg: DemoConfig, cond: torch.Tensor, seed: int) -> SampleResult:
+def _fmt(v: float | None) -> str:
+    return "undefined (one class only)" if v is None else f"{v:.4f}"
+
+
+def sample_seeds(cfg: DemoConfig) -> dict[int, int]:
+    """Class -> seed of its generations (memorized class: ``seed + 1``, control class: ``seed + 2``)."""
+    return {cfg.memorize_class: cfg.seed + 1, cfg.control_class: cfg.seed + 2}
+
+
+def _sample_class(model: DiffusionModel, cfg: DemoConfig, cls: int, seed: int) -> SampleResult:
+    """``n_samples`` generations of class ``cls``, x0 (n, *data_shape) plus the trajectory.
+
+    The noise and the sampler call are those of ``memgeo sample --cond CLS --seed SEED`` (one
+    generator seeded with ``seed`` draws the (n, *data_shape) noise, samples clipped to [-1, 1]), so
+    that command reproduces these generations from the saved model.
+    """
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((cond.shape[0],) + tuple(model.data_shape), generator=gen)
+    noise = torch.randn((cfg.n_samples,) + tuple(model.data_shape), generator=gen)
+    cond = torch.full((cfg.n_samples,), cls, dtype=torch.long)
     return get_sampler(cfg.sampler)(model, noise, steps=cfg.sample_steps, cond=cond, guidance=cfg.guidance,
                                     clip=(-1.0, 1.0), generator=gen, return_trajectory=True, progress=True)
+
+
+def _write_training_set(out: Path, train_ds: Dataset) -> None:
+    """``train_x.npy`` (N, *data_shape) float32, ``train_labels.npy`` (N,) int64 and
+    ``train_duplicates.npy`` (N,) bool: True on the injected copies (rows ``copy_rows`` of the injection)."""
+    write_npy(out / "train_x.npy", train_ds.x.detach().cpu().float().numpy())
+    write_npy(out / "train_labels.npy", train_ds.y.detach().cpu().long().numpy())
+    start, stop = train_ds.meta["injection"]["copy_rows"]
+    injected = np.zeros(train_ds.n, dtype=bool)
+    injected[start:stop] = True
+    write_npy(out / "train_duplicates.npy", injected)
+
+
+def reproduce_commands(cfg: DemoConfig, folder: str | Path) -> list[dict[str, str]]:
+    """The memgeo commands that recompute the demo's headline numbers from its folder alone.
+
+    Each entry is ``{"what", "command", "result"}``: what it reproduces, the shell command (paths
+    relative to the demo folder, so the first entry changes into it) and where its output holds the
+    number. Results go to ``reproduce/`` inside the folder.
+    """
+    q = shlex.quote
+    seeds = sample_seeds(cfg)
+    common = f"--sampler {cfg.sampler} --steps {cfg.sample_steps} --guidance {cfg.guidance:g}"
+    cmds: list[dict[str, str]] = [
+        {"what": "go to the demo folder (every path below is relative to it)", "command": f"cd {q(str(folder))}",
+         "result": ""}]
+    for cls, key in ((cfg.memorize_class, "copy_rate_memorized"), (cfg.control_class, "copy_rate_control")):
+        cmds.append({
+            "what": f"copy rate of class {cls} (metrics.json {key}): regenerate its {cfg.n_samples} samples "
+                    "from the saved model and label copies against the saved training set",
+            "command": f"memgeo sample --model model --n {cfg.n_samples} --cond {cls} {common} --seed {seeds[cls]} "
+                       f"--train-data train_x.npy --out {REPRODUCE_DIR}/sample_{cls}",
+            "result": f"{REPRODUCE_DIR}/sample_{cls}/summary.json: copies.copy_rate "
+                      f"(samples.npy rows {'0' if cls == cfg.memorize_class else cfg.n_samples}..)"})
+    t = f"{cfg.headline_t:g}"
+    cmds += [
+        {"what": f"sharpness spectra at t = {t} of the demo's generations (samples.csv sharpness@t={cfg.headline_t})",
+         "command": f"memgeo sharpness --model model --points samples.npy --labels sample_classes.npy --t {t} "
+                    f"--out {REPRODUCE_DIR}/sharpness",
+         "result": f"{REPRODUCE_DIR}/sharpness/sharpness.json: points[i].sharpness"},
+        {"what": "LID_data: local PCA of each generation's neighbourhood in the training set (samples.csv lid_data)",
+         "command": f"memgeo lid --estimator lpca --data train_x.npy --points samples.npy --out {REPRODUCE_DIR}/lid_data",
+         "result": f"{REPRODUCE_DIR}/lid_data/lid.json: lid"},
+        {"what": f"sharpness AUROC (metrics.json auroc_sharpness), FLIPD LID_model at t0 = {t} and the MMH counts "
+                 "(mmh_labels_of_copies, mmh_labels_of_non_copies)",
+         "command": f"memgeo audit --model model --points samples.npy --labels sample_classes.npy "
+                    f"--train-data train_x.npy --t0 {t} --sharpness-t {t} --out {REPRODUCE_DIR}/audit",
+         "result": f"{REPRODUCE_DIR}/audit/audit.json: detection.sharpness.auroc, labels_of_copies, mmh.counts "
+                   "(non-copies = counts - labels_of_copies)"},
+    ]
+    if cfg.copy_criterion != "ratio" or cfg.copy_threshold is not None:
+        cmds.append({"what": f"note: sample and audit label copies with the default ratio criterion, this demo used "
+                             f"{cfg.copy_criterion} (threshold {cfg.copy_threshold}); copy rates and AUROC can differ",
+                     "command": "", "result": ""})
+    return cmds
+
+
+def _write_reproduce_script(out: Path, cmds: list[dict[str, str]]) -> None:
+    lines = ["#!/bin/sh", "# Recomputes the demo's headline numbers from this folder alone (memgeo must be on PATH,",
+             "# e.g. after `. .venv/bin/activate` in the memgeo checkout). Results go to reproduce/.",
+             "set -e", 'cd "$(dirname "$0")"']
+    for c in cmds[1:]:
+        lines += ["", f"# {c['what']}"] + ([f"# -> {c['result']}"] if c["result"] else [])
+        if c["command"]:
+            lines.append(c["command"])
+    path = atomic_write_text(out / "reproduce.sh", "\n".join(lines) + "\n")
+    path.chmod(0o755)
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     """Run the demo end to end and write its folder; returns the metrics also saved in ``metrics.json``.
 
-    Output folder: ``config.json``, ``provenance.json``, ``metrics.json``, ``samples.csv`` (one row per
-    generation), ``samples.npy`` (B, *data_shape), ``sharpness.json`` (per noise level and sample, the
-    sorted eigenvalues lambda sigma^2), ``model/`` (checkpoint, resumable), ``figures/*.png`` and
-    ``report.html``.
+    Output folder: ``config.json``, ``provenance.json``, ``metrics.json`` (with ``reproduce``: the
+    commands that recompute the headline numbers, also in ``reproduce.sh``), ``samples.csv`` (one row
+    per generation), ``samples.npy`` (2 n_samples, *data_shape) generated images (memorized class
+    first) with their classes in ``sample_classes.npy`` (2 n_samples,), the training set actually
+    used (``train_x.npy``, ``train_labels.npy``, ``train_duplicates.npy``), ``sharpness.json`` (per
+    noise level and sample, the sorted eigenvalues lambda sigma^2), ``trajectory_spectra.json``,
+    ``model/`` (checkpoint, resumable), with the toy ``toy_model/`` and ``toy_samples.npy``,
+    ``figures/*.png`` and ``report.html``.
     """
     t_start = time.perf_counter()
     ds = load_dataset(cfg.data)
@@ -112,12 +218,13 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     say(f"data {cfg.data}: {ds.n} images of shape {ds.data_shape}; class {cfg.memorize_class}: "
         f"{inj.get('n_copies')} copies of image {inj.get('source_index')} (fraction {cfg.fraction}), "
         f"training set {train_ds.n} rows")
+    _write_training_set(out, train_ds)
     report = Report("memgeo demo: memorization is sharpness",
                     subtitle=f"{cfg.data}; class {cfg.memorize_class} duplicated, class {cfg.control_class} control")
 
     t0 = time.perf_counter()
     model_cfg = MLPConfig(data_shape=train_ds.data_shape, hidden=hidden, depth=cfg.depth, num_classes=n_classes,
-                          schedule=VPSchedule())
+                          schedule=VPSchedule(), prediction=cfg.prediction)
     tr = train(model_cfg, cfg.train.model_copy(update={"seed": cfg.seed}), train_ds.x, train_ds.y, out / "model")
     model = tr.model
     timings["train_s"] = time.perf_counter() - t0
@@ -126,10 +233,12 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     n = cfg.n_samples
+    say(f"sampling {n} generations of class {cfg.memorize_class} and {n} of class {cfg.control_class} "
+        f"({cfg.sampler}, {cfg.sample_steps} steps, guidance {cfg.guidance})")
+    parts = [_sample_class(model, cfg, cls, seed) for cls, seed in sample_seeds(cfg).items()]
+    x0 = torch.cat([p.x0 for p in parts])
+    trajectory = torch.cat([p.trajectory for p in parts], dim=1)
     cond = torch.cat([torch.full((n,), cfg.memorize_class), torch.full((n,), cfg.control_class)])
-    say(f"sampling {2 * n} generations ({cfg.sampler}, {cfg.sample_steps} steps, guidance {cfg.guidance})")
-    samples = _sample(model, cfg, cond, cfg.seed + 1)
-    x0 = samples.x0
     timings["sample_s"] = time.perf_counter() - t0
 
     copies = label_copies(x0, train_ds.x, criterion=cfg.copy_criterion, threshold=cfg.copy_threshold)
@@ -153,16 +262,20 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     within = evaluate_or_reason(head.sharpness.numpy()[is_mem], is_copy[is_mem], "sharpness within memorized class",
                                 cfg.seed)
 
-    # Manifold-memorization audit: LID_model = FLIPD at the headline noise level, LID_data = local
-    # PCA of each generation's neighbourhood in the training set (copies sit on the duplicates).
+    # Manifold-memorization audit, computed exactly as `memgeo audit` does (same estimators, same
+    # reference subsample for the typical LID), so its reproduce command gives the same labels:
+    # LID_model = FLIPD at t0 = headline_t, LID_data = local PCA of each generation's neighbourhood
+    # in the training set actually used (copies sit on the duplicates).
     t0 = time.perf_counter()
     say(f"MMH audit: FLIPD(t0={cfg.headline_t}) vs local PCA on the training set")
-    lid_model = FLIPD(t0=cfg.headline_t).estimate(model, x0, cond).numpy()
-    lpca = LocalPCA().fit(train_ds.x)
-    lid_data = lpca.estimate(x0).numpy()
-    audit = mmh_audit(lid_model, lid_data, MMHThresholds(typical=reference_typical_lid(lpca, train_ds.x, seed=cfg.seed)))
+    lid_model_t = estimate_lid(get_lid_estimator("flipd", t0=cfg.headline_t), x0, model=model, cond=cond)
+    lpca = build_estimator("lpca", {})
+    lid_data_t = estimate_lid(lpca, x0, reference=train_ds.x)
+    lid_model, lid_data = lid_model_t.numpy(), lid_data_t.numpy()
+    audit = mmh_audit(lid_model, lid_data, MMHThresholds(typical=reference_typical_lid(lpca, train_ds.x)))
     detection["-lid_model (FLIPD)"] = evaluate_or_reason(-lid_model, is_copy, "-lid_model (FLIPD)", cfg.seed)
     timings["mmh_s"] = time.perf_counter() - t0
+    n_negative = int((lid_model < 0).sum())
 
     metrics: dict[str, Any] = {
         "copy_rate_memorized": float(is_copy[is_mem].mean()),
@@ -183,6 +296,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         "mean_asymmetry": float(head.asymmetry.mean()),
         "detection": detection,
         "injection": inj,
+        "prediction": cfg.prediction,
         "final_train_loss": tr.log[-1]["loss"] if tr.log else None,
         "auroc_lid_model": detection["-lid_model (FLIPD)"]["auroc"],
         "mmh_labels_of_copies": {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS},
@@ -190,6 +304,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         "mmh_thresholds": {"model_low": audit.model_low, "data_low": audit.data_low},
         "mean_lid_model": {"copies": masked_mean(lid_model, is_copy), "non_copies": masked_mean(lid_model, ~is_copy)},
         "mean_lid_data": {"copies": masked_mean(lid_data, is_copy), "non_copies": masked_mean(lid_data, ~is_copy)},
+        "lid_model_negative": {"count": n_negative, "min": float(lid_model.min()), "note": NEGATIVE_FLIPD_NOTE},
     }
 
     # Per-sample table and arrays.
@@ -205,6 +320,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         rows.append(row)
     write_csv(out / "samples.csv", rows)
     write_npy(out / "samples.npy", x0.numpy())
+    write_npy(out / "sample_classes.npy", cond.numpy())
     write_json(out / "sharpness.json", {str(t): res.to_records() for t, res in spectra.items()})
 
     # Trajectory spectra: the first copy and the first non-copy.
@@ -215,32 +331,23 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     if (~is_copy).any():
         picks[f"non-copy (class {int(cond[np.flatnonzero(~is_copy)[0]])})"] = int(np.flatnonzero(~is_copy)[0])
     idx = torch.tensor(list(picks.values()))
-    ts, ev = spectrum_along_trajectory(model, samples.trajectory[:, idx], samples.ts, cond[idx],
-                                       every=cfg.trajectory_every)
+    ts, ev = spectrum_along_trajectory(model, trajectory[:, idx], parts[0].ts, cond[idx], every=cfg.trajectory_every)
     timings["trajectory_s"] = time.perf_counter() - t0
     write_json(out / "trajectory_spectra.json", {"t": ts.tolist(), **{k: ev[:, j].tolist() for j, k in enumerate(picks)}})
 
-    report.add_text(
-        f"Training set: {cfg.data}, class {cfg.memorize_class} had {inj.get('n_replaced', '?')} of its images "
-        f"replaced by {inj.get('n_copies')} copies of image #{inj.get('source_index')}; class {cfg.control_class} is "
-        f"untouched. A class-conditional MLP noise predictor ({hidden} wide, depth {cfg.depth}) was trained for "
-        f"{cfg.train.steps} steps; {n} generations per class were drawn with {cfg.sampler} ({cfg.sample_steps} steps). "
-        f"A generation is a copy when the {copies.criterion} criterion holds (statistic < {copies.threshold:.3g}; "
-        "see memgeo.memorization.copies). Sharpness = -mean(lambda sigma^2) of the symmetrized score Jacobian at "
-        "psi_t x (1 for a point mass). AUROCs use a fixed sign: higher sharpness = predicted copy.",
-        heading="What was done")
-    report.add_metrics({k: v for k, v in metrics.items() if k not in ("detection", "injection", "copy_criterion")},
-                       heading="Headline metrics")
-    report.add_table([{"score": k, **{kk: vv for kk, vv in v.items() if kk != "name"}} for k, v in detection.items()],
-                     heading="Detection of copies by each score and noise level")
-    write_demo_figures(report, out / "figures", cfg, x0=x0, cond=cond, is_copy=is_copy, is_mem=is_mem,
-                       spectra=spectra, detection=detection, trajectory=(ts, ev, list(picks)), audit=audit)
+    # The report's sections (verdict first, notation, key numbers, figures) live in demo_report.
+    write_demo_report(report, out, cfg, x0=x0, cond=cond, is_copy=is_copy, is_mem=is_mem, spectra=spectra,
+                      detection=detection, trajectory=(ts, ev, list(picks)), audit=audit, copies=copies,
+                      train_x=train_ds.x, metrics=metrics, injection=inj, hidden=hidden)
 
     if cfg.toy.enabled:
         t0 = time.perf_counter()
         metrics.update(run_toy(cfg.toy, out, cfg.seed, report))
         timings["toy_s"] = time.perf_counter() - t0
 
+    cmds = reproduce_commands(cfg, out)
+    metrics["reproduce"] = cmds
+    _write_reproduce_script(out, cmds)
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings_s"] = timings
     write_json(out / "metrics.json", metrics)
@@ -248,6 +355,8 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     report.add_json(timings, heading="Timings (s)")
     report.write(out / "report.html")
     say(f"copy rate {cfg.memorize_class}: {metrics['copy_rate_memorized']:.2f}, {cfg.control_class}: "
-        f"{metrics['copy_rate_control']:.2f}; AUROC(sharpness@t={cfg.headline_t}) = {metrics['auroc_sharpness']}; "
+        f"{metrics['copy_rate_control']:.2f}; AUROC(sharpness@t={cfg.headline_t}) = {_fmt(metrics['auroc_sharpness'])}; "
         f"wrote {out / 'report.html'} in {timings['total_s']:.0f} s")
+    say("to recompute these numbers from the folder alone (also in " + str(out / "reproduce.sh") + "):\n"
+        + "\n".join(f"  # {c['what']}\n  {c['command']}" for c in cmds if c["command"]))
     return metrics
