@@ -33,6 +33,15 @@ class MemgeoError(ValueError):
         super().__init__(problem if not fix else f"{problem}; {fix}")
 
 
+class OutputWriteError(MemgeoError, OSError):
+    """An output could not be written (disk full, read-only, permission): a :class:`MemgeoError` for the
+    CLI's one-line message and still an :class:`OSError` (with ``errno``) for code that catches those."""
+
+    def __init__(self, problem: str, fix: str | None = None, errno: int | None = None) -> None:
+        MemgeoError.__init__(self, problem, fix)
+        self.errno = errno  # type: ignore[misc]
+
+
 def _bounds_text(kind: type, low: float | None, high: float | None, include_min: bool, include_max: bool) -> str:
     """``"an integer >= 1"``, ``"a finite number in (0, 1]"`` and the like."""
     what = "an integer" if kind is int else "a finite number"

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from memgeo.errors import MemgeoError
+from memgeo.errors import MemgeoError, OutputWriteError
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_failure(path: str | os.PathLike[str], exc: OSError) -> MemgeoError:
+def write_failure(path: str | os.PathLike[str], exc: OSError) -> OutputWriteError:
     """The one-line :class:`MemgeoError` for an ``OSError`` raised while creating or writing ``path``.
 
     Disk full / quota, read-only or forbidden folders and a file where a folder should be each get
@@ -46,7 +46,7 @@ def write_failure(path: str | os.PathLike[str], exc: OSError) -> MemgeoError:
         fix = "a file stands where a folder is needed: choose another --out"
     else:
         fix = "check the output folder and choose another --out if needed"
-    return MemgeoError(f"cannot write {path} ({reason})", fix)
+    return OutputWriteError(f"cannot write {path} ({reason})", fix, code)
 
 
 def make_folder(path: str | os.PathLike[str]) -> Path:

@@ -70,7 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memgeo.errors import MemgeoError
 from memgeo.io import atomic_write_text
 from memgeo.models.base import as_time, expand_like
-from memgeo.models.pipeline import TINY_WORDS, _write_clip_vocab
+from memgeo.models.pipeline import TINY_WORDS, _write_clip_vocab, check_tokenizer, check_tokenizer_folder, one_line
 from memgeo.models.prompt import PromptDiffusionModel, TokenBatch
 from memgeo.models.sampling import SamplingGrid
 from memgeo.models.schedule import _FromLogAlphaBar
@@ -241,8 +241,11 @@ class DiffusersFlowModel(PromptDiffusionModel):
                                                               use_safetensors=True, dtype=dtype)
             te2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", local_files_only=True,
                                                               use_safetensors=True, dtype=dtype)
+            for name in ("tokenizer", "tokenizer_2"):
+                check_tokenizer_folder(folder / name)
             tok1 = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
             tok2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+            check_tokenizer(tok1, folder / "tokenizer")
             te3 = (T5EncoderModel.from_pretrained(folder / "text_encoder_3", local_files_only=True,
                                                   use_safetensors=True, dtype=dtype)
                    if has_t5 else None)
@@ -250,8 +253,10 @@ class DiffusersFlowModel(PromptDiffusionModel):
             vae = (AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, use_safetensors=True,
                                                  torch_dtype=dtype)
                    if (folder / "vae").is_dir() else None)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise MemgeoError(f"cannot load the flow pipeline in {folder} ({str(exc).splitlines()[0]})",
+        except MemgeoError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a third-party loader is a broken component
+            raise MemgeoError(f"cannot load the flow pipeline in {folder} ({one_line(exc)})",
                               "check that it was saved with save_pretrained and is complete") from exc
         return cls(transformer, te1, tok1, te2, tok2, sched, te3, tok3, vae, max_sequence_length=max_sequence_length,
                    fused_attention=fused_attention).to(device=device, dtype=dtype)
