@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,8 @@ def image_grid(
     nrows = -(-b // ncols)
     cell = 1.6
     extra = 0.3 if titles is not None else 0.0
-    fig = new_figure(ncols * cell, nrows * (cell + extra) + (0.4 if title else 0.0))
+    title_lines = 0 if not title else len(textwrap.wrap(str(title), width=max(16, int(ncols * cell * 7))))
+    fig = new_figure(ncols * cell, nrows * (cell + extra) + 0.25 * title_lines + (0.15 if title else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= b:
@@ -197,7 +199,8 @@ def image_grid(
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=7, color="red" if hl[i] else "black")
     if title:
-        fig.suptitle(title)
+        # A narrow grid (few columns) cannot hold a long title on one line: wrap it to the figure's width.
+        fig.suptitle(textwrap.fill(str(title), width=max(16, int(ncols * cell * 7))), fontsize=10)
     return fig
 
 
