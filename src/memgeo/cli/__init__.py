@@ -114,11 +114,14 @@ def train_cmd(
         "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
         "train.seed": seed})
     summary = run_train(cfg, out)
-    line = f"trained {summary['steps']} steps"
-    if summary.get("resumed_from"):
-        line += f" (resumed from step {summary['resumed_from']})"
-    line += (f" on {summary['n_train']} rows in {num(summary['seconds'], 3)} s, final loss "
-             f"{num(summary['final_loss'])}; checkpoint and report in {out}")
+    start = summary.get("resumed_from") or 0
+    if start >= summary["steps"]:
+        line = f"checkpoint already at step {start}, nothing to train; final loss {num(summary['final_loss'])}"
+    else:
+        done = f"steps {start + 1}-{summary['steps']}" if start else f"{summary['steps']} steps"
+        line = (f"trained {done} on {summary['n_train']} rows in {num(summary['seconds'], 3)} s, final loss "
+                f"{num(summary['final_loss'])}")
+    line += f"; checkpoint and report in {out}"
     emit(json_out, summary, line)
 
 
@@ -287,8 +290,12 @@ def _audit_lines(summary: dict, out: Path) -> list[str]:
              f"DD-Mem: also LID_data < {num(mmh['data_low'], 3)})"]
     if "copies" in summary:
         c = summary["copies"]
+        det = summary["detection"]
+        reasons = {v.get("reason") for v in det.values()}
+        scores = (f"n/a for every score ({reasons.pop()})" if all(v.get("auroc") is None for v in det.values())
+                  and len(reasons) == 1 else ", ".join(f"{k} {auroc_text(v)}" for k, v in det.items()))
         lines.append(f"{c['n_copies']} of {c['n_samples']} samples copy a training example; AUROC for copies: "
-                     + ", ".join(f"{k} {auroc_text(v)}" for k, v in summary["detection"].items()))
+                     + scores)
     lines.append(f"per sample in {out / 'audit.csv'}")
     return lines
 
