@@ -742,7 +742,8 @@ def field_plot_2d(
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     # Below the axes, so the legend never hides data or the star.
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False,
+    # One entry per line: long labels (counts) side by side would squeeze the axes.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, frameon=False,
               markerscale=0.7)
     if title:
         ax.set_title(title)
