@@ -2,7 +2,8 @@
 
 The default demo (8x8 digits, "9" replaced by copies of one image, "3" as control) runs in the
 default suite (about a minute on 2 cores); variations of classes, copy counts and partial
-duplication are marked slow (``make test-all``).
+duplication are marked slow (``make test-all``). The default demo's ``reproduce`` commands are run
+from its folder and must give the same copy rates, sharpness AUROC and MMH counts.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import pytest
 
 from memgeo.workflows import DemoConfig, ToyConfig, run_demo
 
+from demo_checks import check_reproduced, run_reproduce
+
 
 def _run(tmp_path, **kw):
     cfg = DemoConfig(toy=ToyConfig(enabled=False), **kw)
     return run_demo(cfg, tmp_path / "demo")
 
 
-def test_default_demo_memorizes_and_sharpness_detects_copies(tmp_path):
+def test_default_demo_memorizes_and_sharpness_detects_copies(tmp_path, run_cli, monkeypatch):
     m = _run(tmp_path)
     assert m["copy_rate_memorized"] >= 0.8
     assert m["copy_rate_control"] <= 0.1
@@ -31,6 +34,9 @@ def test_default_demo_memorizes_and_sharpness_detects_copies(tmp_path):
     assert m["mmh_labels_of_copies"]["DD-Mem"] >= 0.85 * n_copies
     assert m["mmh_labels_of_non_copies"]["DD-Mem"] == 0
     assert m["auroc_lid_model"] >= 0.95
+    # The printed commands recompute these numbers from the folder alone.
+    run_reproduce(tmp_path / "demo", m, run_cli, monkeypatch)
+    check_reproduced(tmp_path / "demo", m)
 
 
 @pytest.mark.slow

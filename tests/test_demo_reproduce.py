@@ -9,9 +9,7 @@ demo is checked the same way in ``test_demo_acceptance.py``.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,8 @@ from memgeo.models import TrainConfig
 from memgeo.workflows import DemoConfig, ToyConfig, run_demo
 from memgeo.workflows.lid_runs import AuditConfig
 
+from demo_checks import check_reproduced, run_reproduce
+
 TINY = dict(toy=ToyConfig(enabled=False), hidden=64, depth=1, n_samples=8, sample_steps=20, sharpness_t=(0.1,),
             trajectory_every=4, train=TrainConfig(steps=600, batch_size=128, lr=3e-3, checkpoint_every=600,
                                                   log_every=100))
@@ -33,59 +33,6 @@ def tiny_demo(tmp_path_factory, single_thread):
     out = tmp_path_factory.mktemp("tiny") / "demo"
     metrics = run_demo(DemoConfig(**TINY), out)
     return out, metrics
-
-
-def run_reproduce(folder: Path, metrics: dict, run_cli, monkeypatch) -> None:
-    """Run every ``memgeo`` command of ``metrics["reproduce"]`` in-process, from inside ``folder``."""
-    cmds = [c["command"] for c in metrics["reproduce"] if c["command"]]
-    assert cmds[0].startswith("cd ") and Path(shlex.split(cmds[0])[1]).resolve() == folder.resolve()
-    monkeypatch.chdir(folder)
-    for cmd in cmds[1:]:
-        argv = shlex.split(cmd)
-        assert argv[0] == "memgeo", cmd
-        code, _, err = run_cli(*argv[1:])
-        assert code == 0, (cmd, err)
-
-
-def check_reproduced(folder: Path, metrics: dict) -> None:
-    """Compare the outputs under ``folder/reproduce`` with the demo's own files and metrics."""
-    cfg = json.loads((folder / "config.json").read_text())
-    n, mem, ctl = cfg["n_samples"], cfg["memorize_class"], cfg["control_class"]
-    rep = folder / "reproduce"
-    samples = np.load(folder / "samples.npy")
-    table = [dict(r) for r in _csv(folder / "samples.csv")]
-    # Generations: `memgeo sample` redraws the demo's rows of each class exactly.
-    for cls, rows, key in ((mem, slice(0, n), "copy_rate_memorized"), (ctl, slice(n, 2 * n), "copy_rate_control")):
-        np.testing.assert_array_equal(np.load(rep / f"sample_{cls}" / "samples.npy"), samples[rows])
-        summary = json.loads((rep / f"sample_{cls}" / "summary.json").read_text())
-        assert summary["copies"]["copy_rate"] == metrics[key]
-    assert np.load(folder / "sample_classes.npy").tolist() == [mem] * n + [ctl] * n
-    # Sharpness at the headline t, per sample.
-    t = metrics["headline_t"]
-    sharp = json.loads((rep / "sharpness" / "sharpness.json").read_text())
-    np.testing.assert_allclose([p["sharpness"] for p in sharp["points"]],
-                               [float(r[f"sharpness@t={t}"]) for r in table], rtol=1e-5, atol=1e-6)
-    # LID_data from `memgeo lid`, per sample.
-    lid = json.loads((rep / "lid_data" / "lid.json").read_text())
-    np.testing.assert_allclose(lid["lid"], [float(r["lid_data"]) for r in table], rtol=1e-6, atol=1e-9)
-    # The audit: per-sample LID_model and labels, then the headline numbers.
-    audit = json.loads((rep / "audit" / "audit.json").read_text())
-    np.testing.assert_allclose([s["lid_model"] for s in audit["samples"]], [float(r["lid_model"]) for r in table],
-                               rtol=1e-5, atol=1e-4)
-    assert [s["mmh_label"] for s in audit["samples"]] == [r["mmh_label"] for r in table]
-    assert [s["is_copy"] for s in audit["samples"]] == [r["is_copy"] in ("True", "true", "1") for r in table]
-    assert audit["detection"]["sharpness"]["auroc"] == pytest.approx(metrics["auroc_sharpness"], abs=1e-12) \
-        if metrics["auroc_sharpness"] is not None else audit["detection"]["sharpness"]["auroc"] is None
-    assert audit["labels_of_copies"] == metrics["mmh_labels_of_copies"]
-    non_copies = {k: audit["mmh"]["counts"][k] - audit["labels_of_copies"][k] for k in audit["mmh"]["counts"]}
-    assert non_copies == metrics["mmh_labels_of_non_copies"]
-
-
-def _csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_demo_writes_its_training_set(tiny_demo):
@@ -127,7 +74,6 @@ def test_audit_defaults_equal_the_demo_headline():
     demo = DemoConfig()
     assert AuditConfig.model_fields["t0"].default == demo.headline_t
     assert AuditConfig.model_fields["sharpness_t"].default == demo.headline_t
-    assert demo.prediction == "x0"
 
 
 def test_audit_cli_default_t0_is_the_config_default(run_cli, tmp_path):
