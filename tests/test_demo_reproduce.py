@@ -101,3 +101,41 @@ def test_reproduce_script_runs_in_a_shell(tiny_demo, tmp_path):
     subprocess.run(["sh", str(moved / "reproduce.sh")], cwd=tmp_path, env=env, check=True, capture_output=True,
                    timeout=300)
     check_reproduced(moved, m)
+
+
+def _readme_demo_outputs() -> list[str]:
+    """The file names in the first column of the README's "Outputs in `runs/demo/`" table."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("Outputs in `runs/demo/`:", 1)[1].split("\n\n", 2)[1]
+    names = []
+    for line in table.splitlines()[2:]:
+        names += re.findall(r"`([^`]+)`", line.split("|")[1])
+    return names
+
+
+def test_every_output_the_readme_lists_exists(tiny_demo):
+    out, _ = tiny_demo
+    names = _readme_demo_outputs()
+    assert {"samples.npy", "train_x.npy", "reproduce.sh", "model/", "toy_model/"} <= set(names)
+    for name in names:
+        if name.startswith("toy_"):  # the tiny demo runs with --no-toy; the toy's files are checked below
+            assert not (out / name.rstrip("/")).exists()
+            continue
+        found = list(out.glob(name.rstrip("/")))
+        assert found, f"README lists {name} but the demo folder has no such file"
+    assert np.load(out / "samples.npy").shape == (16, 1, 8, 8)  # images, not a table
+
+
+def test_toy_outputs_exist(tmp_path, single_thread):
+    """The toy's files (README: ``toy_model/``, ``toy_samples.npy``) with a few toy training steps."""
+    from memgeo.workflows.toy import run_toy
+    from memgeo.report import Report
+
+    m = run_toy(ToyConfig(steps=20, n=100, n_duplicates=20, n_samples=12), tmp_path, 0, Report("t"))
+    for name in _readme_demo_outputs():
+        if name.startswith("toy_"):
+            assert (tmp_path / name.rstrip("/")).exists(), name
+    assert np.load(tmp_path / "toy_samples.npy").shape == (12, 2)
+    assert 0 <= m["toy_fraction_at_duplicate"] <= 1
