@@ -50,7 +50,7 @@ from memgeo.models.sampling import sample_ddim
 from memgeo.models.training import TrainConfig
 from memgeo.report import Report
 from memgeo.report.plots import close_figure, image_grid
-from memgeo.workflows.common import figure_to_report, say, start_run
+from memgeo.workflows.common import figure_to_report, run_command, say, start_run
 
 DEFAULT_OUT = Path("runs/caption_digits")
 READY_FILE = "READY"
@@ -123,6 +123,7 @@ def evaluate_copies(model: CaptionDiffusionModel, bench: CaptionBenchmark, class
     return rows, summary, x0
 
 
+@run_command
 def run_caption_bench(cfg: CaptionBenchConfig, out: str | Path = DEFAULT_OUT, *, progress: bool = True) -> dict:
     """Build, train, evaluate and write the benchmark folder (see the module docstring); returns the summary."""
     if cfg.mnist is not None and not Path(cfg.mnist).exists():

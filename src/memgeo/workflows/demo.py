@@ -29,7 +29,7 @@ from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import MLPConfig, SampleResult, TrainConfig, VPSchedule, get_sampler, train
 from memgeo.models.base import DiffusionModel
 from memgeo.report import Report
-from memgeo.workflows.common import evaluate_or_reason, masked_mean, say, start_run
+from memgeo.workflows.common import evaluate_or_reason, masked_mean, run_command, say, start_run
 from memgeo.workflows.demo_report import write_demo_report
 from memgeo.workflows.lid_runs import AuditConfig, build_estimator, estimate_lid, reference_typical_lid
 from memgeo.workflows.toy import ToyConfig, run_toy
@@ -196,6 +196,7 @@ def _write_reproduce_script(out: Path, cmds: list[dict[str, str]]) -> None:
     path.chmod(0o755)
 
 
+@run_command
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     """Run the demo end to end and write its folder; returns the metrics also saved in ``metrics.json``.
 
