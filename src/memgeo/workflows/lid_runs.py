@@ -18,7 +18,13 @@ from memgeo.data import load_dataset, load_points
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum
 from memgeo.geometry.jacobian import check_points
-from memgeo.geometry.lid import LID_ESTIMATORS, LIDEstimator, get_lid_estimator
+from memgeo.geometry.lid import (
+    LID_ESTIMATORS,
+    DataLIDEstimator,
+    LIDEstimator,
+    ModelLIDEstimator,
+    get_lid_estimator,
+)
 from memgeo.io import write_csv, write_json
 from memgeo.memorization import label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
@@ -55,7 +61,7 @@ class LIDRunConfig(BaseModel):
         if self.estimator not in LID_ESTIMATORS:
             raise MemgeoError(f"unknown LID estimator {self.estimator!r}",
                               f"choose one of: {', '.join(sorted(LID_ESTIMATORS))}")
-        needs_model = LID_ESTIMATORS[self.estimator].needs_model
+        needs_model = issubclass(LID_ESTIMATORS[self.estimator], ModelLIDEstimator)
         if needs_model and self.model is None:
             raise MemgeoError(f"estimator {self.estimator!r} needs --model", "pass a checkpoint folder or model SPEC")
         if not needs_model and self.data is None:
@@ -79,7 +85,7 @@ def build_estimator(name: str, params: dict[str, Any]) -> LIDEstimator:
 def estimate_lid(estimator: LIDEstimator, points: torch.Tensor, *, model: DiffusionModel | None = None,
                  reference: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
     """Run a model-based estimator on ``model`` or fit a data-based one on ``reference``; (N,) float64."""
-    if estimator.needs_model:
+    if isinstance(estimator, ModelLIDEstimator):
         return estimator.estimate(model, points.to(model_dtype(model)), cond).double()
     return torch.as_tensor(estimator.fit(reference).estimate(points)).double()
 
@@ -91,7 +97,7 @@ def reference_typical_lid(estimator: LIDEstimator, reference: torch.Tensor, n: i
     supports it (``exclude_self``); returns ``None`` for estimators that cannot leave it out (their
     in-sample value would read the point's own atom).
     """
-    if "exclude_self" not in inspect.signature(estimator.estimate).parameters:
+    if not (isinstance(estimator, DataLIDEstimator) and estimator.supports_exclude_self):
         return None
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(reference.shape[0], generator=g)[:n]
@@ -158,7 +164,7 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
     (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report."""
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)  # a bad name fails before the model loads
-    if data_est.needs_model:
+    if not isinstance(data_est, DataLIDEstimator):
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
     model = load(cfg.model)
     pts = load_points(cfg.points)
@@ -216,7 +222,7 @@ def _lid_report(out: Path, cfg: LIDRunConfig, result: dict[str, Any], lid: np.nd
     """report.html of `memgeo lid`: verdict (n, median, range, negatives), notation, histogram."""
     report = Report("memgeo lid", subtitle=f"{cfg.estimator} on {cfg.points}")
     n_neg = int(np.sum(lid < 0))
-    what = "LID_{model}" if LID_ESTIMATORS[cfg.estimator].needs_model else "LID_{data}"
+    what = "LID_{model}" if issubclass(LID_ESTIMATORS[cfg.estimator], ModelLIDEstimator) else "LID_{data}"
     q05, med, q95 = (float(v) for v in np.quantile(lid, [0.05, 0.5, 0.95]))
     line = (f"**{what} of {lid.size} points ({cfg.estimator}): median {med:.2f}**, 5–95 % range "
             f"[{q05:.2f}, {q95:.2f}], mean {float(np.mean(lid)):.2f}"

@@ -24,12 +24,12 @@ import torch
 
 from memgeo.errors import MemgeoError, check_choice
 from memgeo.geometry.jacobian import check_points
-from memgeo.geometry.lid.base import LIDEstimator, register
+from memgeo.geometry.lid.base import ModelLIDEstimator, register
 from memgeo.models.base import DiffusionModel, as_time, model_dtype
 
 
 @register
-class NormalBundle(LIDEstimator):
+class NormalBundle(ModelLIDEstimator):
     """LID from the singular values of a bundle of scores.
 
     Parameters
@@ -46,7 +46,6 @@ class NormalBundle(LIDEstimator):
     """
 
     name = "normal_bundle"
-    needs_model = True
 
     def __init__(self, t0: float = 0.01, n_copies: int | None = None, rule: str = "threshold", seed: int = 0,
                  chunk_size: int = 8) -> None:

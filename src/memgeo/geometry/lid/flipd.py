@@ -26,7 +26,7 @@ import torch
 
 from memgeo.errors import MemgeoError, check_choice, check_finite
 from memgeo.geometry.jacobian import ScoreJacobianOperator, check_points, score_jacobian
-from memgeo.geometry.lid.base import LIDEstimator, register
+from memgeo.geometry.lid.base import DataLIDEstimator, ModelLIDEstimator, register
 from memgeo.geometry.trace import TRACE_METHODS, estimate_trace
 from memgeo.models.base import DiffusionModel, as_time, expand_like, model_dtype
 from memgeo.models.schedule import VPSchedule
@@ -113,7 +113,7 @@ def _flipd_at(model: DiffusionModel, x: torch.Tensor, t0: float, cond: torch.Ten
 
 
 @register
-class FLIPD(LIDEstimator):
+class FLIPD(ModelLIDEstimator):
     """FLIPD estimator of the model's LID at clean points.
 
     Parameters
@@ -134,7 +134,6 @@ class FLIPD(LIDEstimator):
     """
 
     name = "flipd"
-    needs_model = True
 
     def __init__(self, t0: float | str = 0.05, trace: str = "exact", n_probes: int = 8, seed: int = 0,
                  t0_grid: tuple[float, ...] | None = None, chunk_size: int = 32) -> None:
@@ -222,7 +221,7 @@ class FPRegress(FLIPD):
 
 
 @register
-class CFDM(LIDEstimator):
+class CFDM(DataLIDEstimator):
     """Closed-form FLIPD of the Gaussian-smoothed empirical measure of a reference set.
 
     ``fit(reference (N, D))`` then ``estimate(x (B, D))``: with y = psi x and posterior weights
@@ -232,7 +231,6 @@ class CFDM(LIDEstimator):
     """
 
     name = "cfdm"
-    needs_model = False
 
     def __init__(self, t0: float = 0.05, chunk_size: int = 1024) -> None:
         self.t0 = t0

@@ -55,7 +55,7 @@ import skdim
 import torch
 
 from memgeo.errors import MemgeoError, Registry, check_choice, check_scalar
-from memgeo.geometry.lid.base import LIDEstimator, register
+from memgeo.geometry.lid.base import DataLIDEstimator, register
 from memgeo.data.neighbors import ArrayLike, as_points, nearest_neighbors
 
 __all__ = ["MLE", "MODEL_FREE_ESTIMATORS", "KNNIndex", "LocalPCA", "TwoNN"]
@@ -198,10 +198,10 @@ class KNNIndex:
         return self._take(c[2], c[3], k, exclude_self)
 
 
-class _ModelFreeLID(LIDEstimator):
+class _ModelFreeLID(DataLIDEstimator):
     """Shared fit/estimate of the scikit-dimension estimators; subclasses implement ``_estimate``."""
 
-    needs_model: ClassVar[bool] = False
+    supports_exclude_self: ClassVar[bool] = True
     _min_k: ClassVar[int] = 2
 
     def fit(self, reference: ArrayLike | None = None, index: KNNIndex | None = None) -> _ModelFreeLID:
