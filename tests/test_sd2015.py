@@ -165,7 +165,7 @@ def test_bound_terms_layout_and_prior_kl(f64):
     assert torch.allclose(-terms[5], prior_kl, atol=1e-12)
     assert torch.allclose(model.bound(x0, generator=torch.Generator().manual_seed(1)), terms.sum(0))
     assert model.elbo(x0, n_samples=2).shape == (4,)
-    assert model.has("elbo") and model.has("iw_bound") and model.has("prior_sample")
+    assert model.has("elbo") and model.has("iw_bound") and model.has("prior_sample") and model.has("score")
     assert not model.has("decode") and not model.has("log_prob")
 
 

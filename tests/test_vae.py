@@ -124,8 +124,9 @@ def test_capabilities_and_errors() -> None:
     assert not vae.has("log_prob")
     gs = GumbelSoftmaxVAE(GumbelVAEConfig(data_shape=(2,), n_latent=2, n_categories=3))
     assert gs.has("log_prob") and gs.has("elbo") and not gs.has("prior_log_prob")
+    assert not vae.has("score")  # diffusion families only
     with pytest.raises(MemgeoError, match="capability"):
-        vae.has("score")
+        vae.has("hessian")
     with pytest.raises(MemgeoError, match="shape"):
         vae.elbo(torch.zeros(3, 4))
     with pytest.raises(MemgeoError, match="tau"):

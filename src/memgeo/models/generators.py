@@ -30,7 +30,7 @@ from torch import nn
 from memgeo.errors import MemgeoError
 
 #: The optional capabilities, by method name.
-CAPABILITIES: tuple[str, ...] = ("decode", "prior_sample", "prior_log_prob", "log_prob", "elbo", "iw_bound")
+CAPABILITIES: tuple[str, ...] = ("decode", "prior_sample", "prior_log_prob", "log_prob", "elbo", "iw_bound", "score")
 
 
 class Generator(nn.Module):
@@ -88,6 +88,10 @@ class Generator(nn.Module):
     def iw_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Importance-weighted bound with ``k`` samples of data ``(n, *data_shape)`` -> ``(n,)``."""
         raise NotImplementedError(f"{type(self).__name__} has no iw_bound")
+
+    def score(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        """Score of the noised data at diffusion step/time ``t`` (diffusion families), shape of ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} has no score")
 
     def has(self, capability: str) -> bool:
         """Whether this model provides an optional capability (a name in :data:`CAPABILITIES`).
