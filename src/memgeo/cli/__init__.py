@@ -98,13 +98,22 @@ def train_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints. [default: 1000]")] = None,
     config: Annotated[Path, typer.Option(help="TrainRunConfig JSON; options override it. [default: none]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed. [default: 0]")] = None,
+    family: Annotated[str, typer.Option(help="Model family: ddpm (denoising diffusion), sd2015 (Sohl-Dickstein "
+                                             "et al. 2015 diffusion), vae, gsvae (Gumbel-Softmax VAE), gan, "
+                                             "wgan-gp. All but ddpm are unconditional and use --hidden/--depth "
+                                             "as their MLP width/layers. [default: ddpm]")] = None,
+    latent_dim: Annotated[int, typer.Option(help="vae/gan/wgan-gp: latent dimension; gsvae: number of "
+                                                 "categorical latents. [default: the family's]")] = None,
+    decoder: Annotated[str, typer.Option(help="vae/gsvae likelihood: gaussian, or bernoulli (the data are "
+                                              "rescaled from [-1, 1] to [0, 1]). [default: gaussian]")] = None,
     json_out: Json = False,
     out: Out = Path("runs/model"),
 ) -> None:
-    """Train a diffusion model; OUT becomes a checkpoint folder (rerun to resume).
+    """Train a model (diffusion by default, or another --family); OUT becomes a checkpoint folder (rerun to resume).
 
     \b
     Example: memgeo train --data digits --memorize-class 9 --steps 4000 --out runs/model
+    Example: memgeo train --family wgan-gp --data digits --steps 2000 --out runs/wgan
     """
     from memgeo.workflows.commands import TrainRunConfig, run_train
 
@@ -112,7 +121,7 @@ def train_cmd(
         "data": data, "arch": arch, "conditional": conditional, "hidden": hidden, "depth": depth,
         "prediction": prediction, "memorize_class": memorize_class, "copies": copies, "fraction": fraction, "train.steps": steps,
         "train.batch_size": batch_size, "train.lr": lr, "train.checkpoint_every": checkpoint_every,
-        "train.seed": seed})
+        "train.seed": seed, "family": family, "latent_dim": latent_dim, "decoder": decoder})
     summary = run_train(cfg, out)
     start = summary.get("resumed_from") or 0
     if start >= summary["steps"]:

@@ -6,6 +6,7 @@ Specs::
     mnist            MNIST t10k from the folder in $MEMGEO_DATA
     mnist:PATH       MNIST t10k from PATH (folder or images file)
     toy2d            four Gaussian blobs plus one duplicated point (2-D)
+    swissroll        the 2-D swiss roll of Sohl-Dickstein et al. (2015), 1000 points (seed 0)
     patch            flat 2-D patch in R^64 plus one duplicated off-patch point
     npy:PATH         an array saved with numpy.save, shape (N, D) or (N, C, H, W)
     PATH.npy         the same, written as a bare path
@@ -22,18 +23,19 @@ import torch
 from memgeo.data.dataset import Dataset
 from memgeo.data.digits import load_digits
 from memgeo.data.mnist import load_mnist
+from memgeo.data.swissroll import make_swiss_roll_2d
 from memgeo.data.toy import make_patch_with_duplicate, make_toy2d
 from memgeo.errors import MemgeoError, check_finite, check_ndim
 from memgeo.io import native_order
 
 #: Names accepted by :func:`load_dataset` (``mnist`` and ``npy`` also take ``:PATH``).
-DATASETS: tuple[str, ...] = ("digits", "mnist", "toy2d", "patch", "npy")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "toy2d", "swissroll", "patch", "npy")
 
 #: Largest magnitude a point coordinate may have: squared distances and network activations of larger
 #: values overflow float32 (e.g. 1e30 squared is inf), so such files are refused, not silently turned to NaN.
 MAX_ABS_VALUE = 1e8
 
-_SPEC_HELP = "digits, mnist, mnist:PATH, toy2d, patch, npy:PATH, or a path ending in .npy"
+_SPEC_HELP = "digits, mnist, mnist:PATH, toy2d, swissroll, patch, npy:PATH, or a path ending in .npy"
 
 
 def load_dataset(spec: str) -> Dataset:
@@ -47,7 +49,7 @@ def load_dataset(spec: str) -> Dataset:
     Returns
     -------
     Dataset
-        Generators (``toy2d``, ``patch``) are built with their default arguments and seed 0.
+        Generators (``toy2d``, ``swissroll``, ``patch``) are built with their default arguments and seed 0.
 
     Raises
     ------
@@ -68,6 +70,8 @@ def load_dataset(spec: str) -> Dataset:
         return load_mnist(arg or None)
     if name == "toy2d" and not sep:
         return make_toy2d()
+    if name == "swissroll" and not sep:
+        return Dataset(x=make_swiss_roll_2d(), name="swissroll", meta={"source": "Sohl-Dickstein et al. 2015"})
     if name == "patch" and not sep:
         return make_patch_with_duplicate()
     if name == "npy" and sep:

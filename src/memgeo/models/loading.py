@@ -6,8 +6,11 @@
 ``empirical:DATA.npy``                    :class:`EmpiricalMixtureScore`, exact score of the points (N, D)
 ``gaussian:MEAN.npy,COV.npy``             :class:`GaussianScore`, analytic score of N(mean, cov)
 memgeo checkpoint folder, or its          by the config key in the safetensors metadata: a label
-``model.safetensors``                     diffusion net (:func:`load_model`) or a caption model
-                                          (:func:`load_caption_model`); a classifier is refused
+``model.safetensors``                     diffusion net (:func:`load_model`), a caption model
+                                          (:func:`load_caption_model`) or a generator of any family
+                                          (``<family>_config``: :func:`load_generator`, a
+                                          :class:`~memgeo.models.generators.Generator`); a
+                                          classifier is refused
 diffusers pipeline folder, or its         by ``_class_name``: Stable Diffusion 1.x/2.x-style
 ``model_index.json``                      (unet + text_encoder + tokenizer + scheduler)
                                           -> :class:`DiffusersPromptModel`; ``StableDiffusionXLPipeline``
@@ -38,11 +41,13 @@ from memgeo.models.caption import load_caption_model
 from memgeo.models.checkpoint import MODEL_FILE, load_model, read_metadata
 from memgeo.models.classifier import CLASSIFIER_FILE
 from memgeo.models.classifier import CONFIG_KEY as CLASSIFIER_KEY
+from memgeo.models.families import generator_family_in, load_generator
+from memgeo.models.generators import Generator
 from memgeo.models.prompt import PromptDiffusionModel
 from memgeo.models.reference import EmpiricalMixtureScore, GaussianScore
 
 MODEL_SPECS = (
-    "PATH (memgeo checkpoint folder: label or caption model)",
+    "PATH (memgeo checkpoint folder: label or caption model, or a vae/gsvae/gan/wgan-gp/sd2015 generator)",
     "PATH (diffusers pipeline folder: Stable Diffusion 1.x/2.x, SDXL or SD3)",
     "empirical:DATA.npy",
     "gaussian:MEAN.npy,COV.npy",
@@ -122,13 +127,15 @@ def _load_reference(spec: str) -> DiffusionModel:
 
 
 # --- memgeo checkpoints ----------------------------------------------------------------------------
-def _load_checkpoint(path: Path) -> DiffusionModel:
+def _load_checkpoint(path: Path) -> DiffusionModel | Generator:
     """A memgeo ``.safetensors`` file, by the config key in its metadata."""
     meta = read_metadata(path)  # missing or corrupt file: a clear MemgeoError
     if LABEL_CONFIG_KEY in meta:
         return load_model(path)
     if CAPTION_KEY in meta:
         return load_caption_model(path)
+    if generator_family_in(meta) is not None:
+        return load_generator(path)
     if CLASSIFIER_KEY in meta:
         raise MemgeoError(f"{path} is a digit classifier, not a diffusion model",
                           "point --model at a diffusion model checkpoint or pipeline folder")
@@ -184,7 +191,7 @@ def _load_pipeline(folder: Path, device: str | torch.device, dtype: torch.dtype 
 
 # --- the loader ------------------------------------------------------------------------------------
 def load(spec_or_folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-         *, fused_attention: bool = False) -> DiffusionModel:
+         *, fused_attention: bool = False) -> DiffusionModel | Generator:
     """Load any model memgeo knows, dispatching on what ``spec_or_folder`` is (see the module table).
 
     Parameters
@@ -202,8 +209,10 @@ def load(spec_or_folder: str | Path, device: str | torch.device = "cpu", dtype: 
 
     Returns
     -------
-    DiffusionModel
-        In eval mode without parameter gradients (SPEC references have no parameters).
+    DiffusionModel or Generator
+        In eval mode without parameter gradients (SPEC references have no parameters); a generator
+        checkpoint (``memgeo train --family vae|gsvae|gan|wgan-gp|sd2015``) gives its family's
+        :class:`~memgeo.models.generators.Generator`.
 
     Raises
     ------

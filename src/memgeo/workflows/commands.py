@@ -111,15 +111,103 @@ class TrainRunConfig(BaseModel):
     fraction: float = Field(1.0, gt=0, le=1)
     train: TrainConfig = TrainConfig(steps=4000, checkpoint_every=1000)
     preview_samples: int = Field(16, ge=0)
+    family: Literal["ddpm", "vae", "gsvae", "gan", "wgan-gp", "sd2015"] = "ddpm"
+    latent_dim: int | None = Field(None, ge=1)
+    decoder: Literal["gaussian", "bernoulli"] = "gaussian"
+    generator_options: dict[str, Any] = Field(default_factory=dict)
+
+
+#: ``TrainRunConfig.family`` values trained by :func:`memgeo.models.families.train_generator`.
+GENERATOR_FAMILIES = ("vae", "gsvae", "gan", "wgan-gp", "sd2015")
+
+
+def generator_config(cfg: TrainRunConfig, data_shape: tuple[int, ...]) -> Any:
+    """The family config of a generator run.
+
+    ``hidden`` and ``depth`` give the MLP widths of every family (``depth`` hidden layers of width
+    ``hidden``); ``latent_dim`` is the Gaussian latent size (vae, gan, wgan-gp) or the number of
+    categorical latents (gsvae), the family default when ``None``; ``decoder`` is the VAE likelihood;
+    ``generator_options`` sets any other config field (e.g. ``{"n_categories": 10}``, ``{"n_critic": 5}``).
+    ``train.seed`` seeds the weights.
+    """
+    from memgeo.models.families import get_family
+
+    fam = get_family(cfg.family)
+    fields: dict[str, Any] = {"seed": cfg.train.seed}
+    if cfg.family in ("vae", "gsvae"):
+        fields.update(hidden=(cfg.hidden,) * cfg.depth, decoder=cfg.decoder)
+        if cfg.latent_dim is not None:
+            fields["latent_dim" if cfg.family == "vae" else "n_latent"] = cfg.latent_dim
+    elif cfg.family in ("gan", "wgan-gp"):
+        fields.update(hidden=cfg.hidden, depth=cfg.depth)
+        if cfg.latent_dim is not None:
+            fields["latent_dim"] = cfg.latent_dim
+    else:  # sd2015: its latent is x_T, of the data's dimension
+        fields["hidden"] = (cfg.hidden,) * cfg.depth
+    if cfg.family == "sd2015" and cfg.latent_dim is not None:
+        raise MemgeoError(f"--latent-dim does not apply to family {cfg.family!r}", "drop --latent-dim")
+    return fam.make_config(data_shape, **{**fields, **cfg.generator_options})
+
+
+def _run_train_generator(cfg: TrainRunConfig, ds: Any, out: str | Path) -> dict[str, Any]:
+    """``run_train`` for the families other than ddpm (unconditional; labels are not used)."""
+    from memgeo.models.families import train_generator
+
+    x = ds.x
+    scale = "[-1, 1]"
+    if cfg.family in ("vae", "gsvae") and cfg.decoder == "bernoulli":
+        x = ((x + 1.0) / 2.0).clamp(0.0, 1.0)  # memgeo data lie in [-1, 1]; a Bernoulli decoder needs [0, 1]
+        scale = "[0, 1]"
+    gcfg = generator_config(cfg, tuple(ds.data_shape))  # bad options fail before the folder is made
+    out = start_run(out, cfg, cfg.train.seed, data_rows=ds.n)
+    say(f"training {cfg.family} on {cfg.data} ({ds.n} rows, shape {ds.data_shape}, data in {scale}) for "
+        f"{cfg.train.steps} steps -> {out}")
+    if scale == "[0, 1]":
+        say("the Bernoulli decoder models the data rescaled from [-1, 1] to [0, 1] by (x + 1) / 2; its samples "
+            "are in [0, 1]")
+    res = train_generator(gcfg, x, cfg.train.steps, out, checkpoint_every=cfg.train.checkpoint_every,
+                          progress=f"training {cfg.family}", batch=cfg.train.batch_size, lr=cfg.train.lr,
+                          seed=cfg.train.seed)
+    tail = res.losses[-min(len(res.losses), 50):]
+    summary = {"family": cfg.family, "steps": cfg.train.steps, "resumed_from": res.resumed_from,
+               "seconds": res.seconds, "final_loss": sum(tail) / len(tail) if tail else None, "n_train": ds.n,
+               "steps_per_s": res.steps_done / res.seconds if res.seconds > 0 else None, "data_scale": scale}
+    report = Report("memgeo train", subtitle=f"{cfg.family} on {cfg.data}")
+    report.add_metrics(summary, heading="Training")
+    if res.losses:
+        steps = np.arange(1, len(res.losses) + 1)
+        losses = np.asarray(res.losses)
+        loss_name = "generator loss" if cfg.family in ("gan", "wgan-gp") else "training loss"
+        fig = scatter_plot(steps, losses, xlabel="step", ylabel=loss_name, title="Training loss",
+                           logy=bool((losses > 0).all()))
+        figure_to_report(report, fig, out / "figures" / "loss.png", heading="Loss")
+    if cfg.preview_samples and len(ds.data_shape) == 3:
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        x0 = res.model.sample(cfg.preview_samples, generator=gen).float()
+        if scale == "[0, 1]":
+            x0 = 2.0 * x0 - 1.0
+        figure_to_report(report, image_grid(x0.clamp(-1, 1).numpy(), title="Preview samples"),
+                         out / "figures" / "preview.png", heading="Preview samples")
+    write_json(out / "summary.json", summary)
+    report.add_json(cfg, heading="Resolved config")
+    report.write(out / "report.html")
+    return summary
 
 
 @run_command
 def run_train(cfg: TrainRunConfig, out: str | Path) -> dict[str, Any]:
-    """Train a model into ``out`` (a checkpoint folder usable as ``--model``); resumes if interrupted."""
+    """Train a model into ``out`` (a checkpoint folder usable as ``--model``); resumes if interrupted.
+
+    ``family="ddpm"`` (default) trains a denoising diffusion model; the other families
+    (:data:`GENERATOR_FAMILIES`) train an unconditional generator with
+    :func:`memgeo.models.families.train_generator` (a Bernoulli VAE sees the data rescaled to [0, 1]).
+    """
     ds = load_dataset(cfg.data)
     if cfg.memorize_class is not None:
         ds = replace_class_with_copies(ds, cfg.memorize_class, n_copies=cfg.copies, fraction=cfg.fraction,
                                        seed=cfg.train.seed)
+    if cfg.family != "ddpm":
+        return _run_train_generator(cfg, ds, out)
     if cfg.conditional and ds.y is None:
         raise MemgeoError(f"data {cfg.data!r} has no labels for a conditional model",
                           "pass --no-conditional (or conditional: false in --config) to train an unconditional model")
@@ -191,6 +279,14 @@ def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor
     return torch.cat(parts).clamp(-1, 1).float().cpu()
 
 
+def _generator_family(model: Any) -> str | None:
+    """The family name of a loaded generator checkpoint (vae, gan, ...), ``None`` for a diffusion model."""
+    from memgeo.models.families import family_of
+    from memgeo.models.generators import Generator
+
+    return family_of(model).name if isinstance(model, Generator) else None
+
+
 #: Copies of the (n, *data_shape) float32 batch a sampler holds at its peak (noise, x_t, eps, x0, output).
 SAMPLE_COPIES = 6
 
@@ -205,24 +301,38 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
     pixel space. ``samples.csv`` has one row per sample (with its prompt for prompt models).
     """
     model = load(cfg.model, fused_attention=True)  # sampling needs no second-order gradients
-    sampler = get_sampler(cfg.sampler)
+    family = _generator_family(model)
+    sampler = get_sampler(cfg.sampler) if family is None else None
     shape = tuple(int(v) for v in model.data_shape)
     check_fits_in_memory(SAMPLE_COPIES * 4.0 * cfg.n * float(np.prod(shape)),
                          f"--n {cfg.n} samples of shape {shape}", "sample fewer (--n) per run, in several runs")
-    cond, row_prompts = model_conditions(model, cfg.n, cond=cfg.cond, prompts=cfg.prompts,
-                                         prompt_file=cfg.prompt_file)
+    if family is not None:
+        if cfg.cond is not None or cfg.prompts or cfg.prompt_file:
+            raise MemgeoError(f"a {family} generator is unconditional but --cond/--prompt was given",
+                              "drop --cond / --prompt / --prompt-file")
+        cond, row_prompts = None, None
+    else:
+        cond, row_prompts = model_conditions(model, cfg.n, cond=cfg.cond, prompts=cfg.prompts,
+                                             prompt_file=cfg.prompt_file)
     latent = getattr(model, "vae", None) is not None
     train_ds = load_dataset(cfg.train_data) if cfg.train_data else None  # refused before anything is written
-    if train_ds is not None and not latent and int(np.prod(train_ds.x.shape[1:])) != model.dim:
+    dim = int(np.prod(shape))
+    if train_ds is not None and not latent and int(np.prod(train_ds.x.shape[1:])) != dim:
         raise MemgeoError(f"--train-data {cfg.train_data} has points of shape {tuple(train_ds.x.shape[1:])} but the "
                           f"model makes {shape}", "pass the model's own training data")
     out = start_run(out, cfg, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
-    noise = torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen).to(model_dtype(model))
-    res = sampler(model, noise, steps=cfg.steps, cond=cond, guidance=cfg.guidance,
-                  clip=(-1.0, 1.0) if cfg.clip and not latent else None, generator=gen, progress=True)
-    x0 = res.x0.float().cpu()
+    if family is None:
+        say(f"sampling {cfg.n} with {cfg.sampler} ({cfg.steps} steps)")
+        noise = torch.randn((cfg.n,) + tuple(model.data_shape), generator=gen).to(model_dtype(model))
+        res = sampler(model, noise, steps=cfg.steps, cond=cond, guidance=cfg.guidance,
+                      clip=(-1.0, 1.0) if cfg.clip and not latent else None, generator=gen, progress=True)
+        x0 = res.x0.float().cpu()
+    else:  # a generator draws its samples itself (--sampler, --steps, --guidance do not apply)
+        say(f"sampling {cfg.n} from the {family} generator")
+        x0 = model.sample(cfg.n, generator=gen).float().cpu()
+        if getattr(model.config, "decoder", None) == "bernoulli":
+            x0 = 2.0 * x0 - 1.0  # back from the Bernoulli decoder's [0, 1] to memgeo's [-1, 1]
     bad = int((~torch.isfinite(x0.reshape(cfg.n, -1))).any(1).sum())
     if bad:
         raise MemgeoError(f"sampling produced {bad} of {cfg.n} samples with NaN/inf values",
@@ -233,7 +343,10 @@ def run_sample(cfg: SampleRunConfig, out: str | Path) -> dict[str, Any]:
         write_npy(out / "images.npy", images.numpy())
     rows: list[dict[str, Any]] = [{"sample": i, "cond": cfg.cond} if row_prompts is None else
                                   {"sample": i, "prompt": row_prompts[i]} for i in range(cfg.n)]
-    summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1, "latent": latent}
+    summary: dict[str, Any] = {"n": cfg.n, "network_evaluations": cfg.steps + 1 if family is None else 1,
+                               "latent": latent}
+    if family is not None:
+        summary["family"] = family
     report = Report("memgeo sample", subtitle=cfg.model)
     is_copy = None
     if train_ds is not None:
