@@ -278,3 +278,50 @@ def test_density_refuses_bad_input():
         density_sharpness(lambda y: -(y * y).sum(1), x, scale=0.0)
     with pytest.raises(MemgeoError):
         log_density_hessian(lambda y: -(y * y), x)  # (n, D) instead of (n,)
+
+
+# --- memgeo lid / memgeo audit on a generator (the loader is replaced by the in-memory model) --------
+def _linear_vae(rank_data: int = 2) -> tuple[VAE, np.ndarray]:
+    vae = VAE(VAEConfig(data_shape=(4,), latent_dim=2, hidden=(), decoder_variance="fixed")).eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    z = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    return vae, vae.decode(z).numpy()
+
+
+def test_run_lid_and_audit_accept_a_generator(tmp_path, monkeypatch):
+    import json
+
+    from memgeo.workflows import lid_runs
+
+    vae, pts = _linear_vae()
+    monkeypatch.setattr(lid_runs, "load", lambda spec, *a, **k: vae)
+    np.save(tmp_path / "pts.npy", pts)
+    train = np.concatenate([pts[:3], np.random.default_rng(0).normal(size=(30, 4))]).astype(np.float32)
+    np.save(tmp_path / "train.npy", train)
+    lid_runs.run_lid(lid_runs.LIDRunConfig(points=str(tmp_path / "pts.npy"), estimator="generator_jacobian",
+                                           model="vae-ckpt"), tmp_path / "lid")
+    res = json.loads((tmp_path / "lid" / "lid.json").read_text())
+    w = vae.decoder_net[0].weight.numpy()
+    assert res["lid"] == [float(np.linalg.matrix_rank(w))] * 12 == [2.0] * 12
+    assert res["latent_source"] == "encoder" and len(res["pushforward_log_density"]) == 12
+    with pytest.raises(MemgeoError, match="generator_jacobian"):
+        lid_runs.run_lid(lid_runs.LIDRunConfig(points=str(tmp_path / "pts.npy"), estimator="flipd",
+                                               model="vae-ckpt"), tmp_path / "lid2")
+    with pytest.raises(MemgeoError, match="unconditional"):
+        lid_runs.run_lid(lid_runs.LIDRunConfig(points=str(tmp_path / "pts.npy"), estimator="generator_jacobian",
+                                               model="vae-ckpt", cond=1), tmp_path / "lid3")
+    summary = lid_runs.run_audit(lid_runs.AuditConfig(model="vae-ckpt", points=str(tmp_path / "pts.npy"),
+                                                      train_data=str(tmp_path / "train.npy"),
+                                                      lid_data_params={"k": 5}), tmp_path / "audit")
+    assert summary["lid_model_estimator"] == "generator_jacobian" and summary["n"] == 12
+    rows = json.loads((tmp_path / "audit" / "audit.json").read_text())["samples"]
+    assert [r["lid_model"] for r in rows] == [2.0] * 12 and all(r["n_flat"] == 0 for r in rows)
+    # the pushforward density of the linear decoder, N(c, W W^T) on col(W), at the decoded encoder means
+    # (the untrained encoder does not invert the decoder, so these are not the samples themselves)
+    u = np.linalg.svd(w, full_matrices=False)[0]
+    c = vae.decoder_net[0].bias.numpy()
+    mu = vae.encode(torch.from_numpy(pts))[0].numpy()
+    ref = multivariate_normal(mean=np.zeros(2), cov=u.T @ w @ w.T @ u).logpdf((mu @ w.T) @ u)
+    np.testing.assert_allclose([r["sharpness"] for r in rows], ref, rtol=1e-4)
+    assert (tmp_path / "audit" / "report.html").is_file()

@@ -22,6 +22,7 @@ from memgeo.geometry.lid import (
     LID_ESTIMATORS,
     DataLIDEstimator,
     LIDEstimator,
+    GeneratorLID,
     ModelLIDEstimator,
     get_lid_estimator,
 )
@@ -30,6 +31,7 @@ from memgeo.memorization import label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import load
 from memgeo.models.base import DiffusionModel, model_dtype
+from memgeo.models.generators import Generator
 from memgeo.report import Report, glossary, score_histogram
 from memgeo.workflows.commands import model_conditions
 from memgeo.workflows.common import (
@@ -108,6 +110,25 @@ def _data_tensor(spec: str) -> torch.Tensor:
     return load_points(spec) if spec.endswith(".npy") else load_dataset(spec).x
 
 
+def _generator_checks(model: Generator, est: LIDEstimator, cond: int | None, labels: str | None,
+                      prompts: tuple[str, ...], prompt_file: str | None) -> None:
+    """A generator checkpoint: unconditional, with ``decode``, measured by :class:`GeneratorLID` only."""
+    if cond is not None or labels is not None or prompts or prompt_file:
+        raise MemgeoError(f"{type(model).__name__} generators are unconditional but a condition was given",
+                          "drop --cond/--labels/--prompt/--prompt-file")
+    if not isinstance(est, GeneratorLID):
+        raise MemgeoError(f"estimator {est.name!r} reads a diffusion model's score but the model is a "
+                          f"{type(model).__name__} generator", "use --estimator generator_jacobian")
+    if not model.has("decode"):
+        raise MemgeoError(f"{type(model).__name__} has no decode, so no generator-Jacobian LID",
+                          "audit vae, gsvae, gan or wgan-gp checkpoints (sd2015 has no decoder)")
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    """+inf (a collapsed volume: infinite pushforward density) as the largest float64, for JSON and AUROC."""
+    return torch.nan_to_num(values.double(), posinf=torch.finfo(torch.float64).max)
+
+
 @run_command
 def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
@@ -115,13 +136,19 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     est = build_estimator(cfg.estimator, cfg.params)
     model = load(cfg.model) if cfg.model else None
     reference = _data_tensor(cfg.data) if cfg.data else None
-    if model is not None:
+    if isinstance(model, Generator):  # vae, gsvae, gan, wgan-gp: LID_model from the generator Jacobian
+        check_point_shape(model, pts)
+        _generator_checks(model, est, cfg.cond, None, cfg.prompts, cfg.prompt_file)
+    elif isinstance(est, GeneratorLID) and model is not None:
+        raise MemgeoError(f"estimator 'generator_jacobian' needs a generator with decode, but {cfg.model} is a "
+                          f"{type(model).__name__}", "use a vae/gsvae/gan/wgan-gp checkpoint or a diffusion estimator")
+    elif model is not None:
         check_points(model, pts)
         check_point_shape(model, pts)
     elif reference is not None and reference.reshape(reference.shape[0], -1).shape[1] != pts.reshape(pts.shape[0], -1).shape[1]:
         raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
     cond = (model_conditions(model, pts.shape[0], cond=cfg.cond, prompts=cfg.prompts, prompt_file=cfg.prompt_file)[0]
-            if model is not None else None)
+            if model is not None and not isinstance(model, Generator) else None)
     out = start_run(out, cfg, None)
     say(f"LID ({est!r}) of {pts.shape[0]} points")
     lid = estimate_lid(est, pts, model=model, reference=reference, cond=cond)
@@ -130,6 +157,10 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     res = getattr(est, "result_", None)
     if res is not None and hasattr(res, "ci_low") and res.ci_low.shape[0] == 1:
         result["ci_low"], result["ci_high"] = res.ci_low[0].tolist(), res.ci_high[0].tolist()
+    if isinstance(est, GeneratorLID):
+        result["latent_source"] = est.result_.latent_source
+        result["pushforward_log_density"] = _finite(est.result_.log_density).tolist()
+        result["reconstruction_error"] = est.result_.reconstruction_error.tolist()
     write_json(out / "lid.json", result)
     write_csv(out / "lid.csv", [{"index": i, "lid": float(v)} for i, v in enumerate(lid)])
     _lid_report(out, cfg, result, lid.numpy())
@@ -162,20 +193,28 @@ class AuditConfig(BaseModel):
 @run_command
 def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
-    (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report."""
+    (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report.
+
+    A generator checkpoint (vae, gsvae, gan, wgan-gp) is measured by :class:`GeneratorLID` instead:
+    LID_model is the rank of J_G(z) and the ``sharpness`` column holds the pushforward log-density
+    (``summary["sharpness_kind"]`` says which)."""
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)  # a bad name fails before the model loads
     if not isinstance(data_est, DataLIDEstimator):
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
     model = load(cfg.model)
     pts = load_points(cfg.points)
-    check_points(model, pts)
+    is_gen = isinstance(model, Generator)
+    if is_gen:
+        _generator_checks(model, GeneratorLID(), cfg.cond, cfg.labels, cfg.prompts, cfg.prompt_file)
+    else:
+        check_points(model, pts)
     check_point_shape(model, pts)
     ref_spec = cfg.reference or cfg.train_data
     if ref_spec is None:
         raise MemgeoError("audit needs data for LID_data", "pass --train-data and/or --reference")
     reference = _data_tensor(ref_spec)
-    cond, row_prompts = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
-                                         prompt_file=cfg.prompt_file)
+    cond, row_prompts = (None, None) if is_gen else model_conditions(
+        model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts, prompt_file=cfg.prompt_file)
     train_x = _data_tensor(cfg.train_data) if cfg.train_data else None
     for what, data in (("--reference" if cfg.reference else "--train-data", reference), ("--train-data", train_x)):
         if data is not None and data[0].numel() != pts[0].numel():
@@ -183,18 +222,28 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
                               f"{tuple(pts.shape[1:])}", "pass data of the samples' dimension")
     out = start_run(out, cfg, None)
     x = pts.to(model_dtype(model))
-    say(f"audit of {pts.shape[0]} samples: sharpness, FLIPD(t0={cfg.t0}), LID_data ({cfg.lid_data})")
-    sharp = sharpness_spectrum(model, x, cfg.sharpness_t, cond=cond)
-    lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=model, cond=cond)
+    if is_gen:  # LID_model = rank of J_G(z); the pushforward log-density stands in for sharpness
+        say(f"audit of {pts.shape[0]} samples: generator-Jacobian LID and pushforward density, LID_data ({cfg.lid_data})")
+        gen_est = GeneratorLID()
+        lid_model = estimate_lid(gen_est, x, model=model)
+        sharp_score = _finite(gen_est.result_.log_density)
+        n_flat = gen_est.result_.singular_values.shape[1] - lid_model.long()  # collapsed latent directions
+    else:
+        say(f"audit of {pts.shape[0]} samples: sharpness, FLIPD(t0={cfg.t0}), LID_data ({cfg.lid_data})")
+        sharp = sharpness_spectrum(model, x, cfg.sharpness_t, cond=cond)
+        sharp_score, n_flat = sharp.sharpness, sharp.n_flat
+        lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=model, cond=cond)
     lid_data = estimate_lid(data_est, pts, reference=reference)
     typical = reference_typical_lid(data_est, reference)
     audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low,
                                                          typical=typical))
     rows = [{"index": i, **({} if row_prompts is None else {"prompt": row_prompts[i]}),
-             "sharpness": float(sharp.sharpness[i]), "n_flat": int(sharp.n_flat[i]), **r}
+             "sharpness": float(sharp_score[i]), "n_flat": int(n_flat[i]), **r}
             for i, r in enumerate(audit.to_rows())]
     summary: dict[str, Any] = {"n": len(rows), "mmh": audit.summary(), "t0": cfg.t0, "sharpness_t": cfg.sharpness_t,
-                               "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical}
+                               "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical,
+                               "lid_model_estimator": "generator_jacobian" if is_gen else "flipd",
+                               "sharpness_kind": "pushforward_log_density" if is_gen else "score_jacobian"}
     is_copy = None
     if cfg.train_data:
         copies = label_copies(pts, train_x)
@@ -203,7 +252,7 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
             r.update({"is_copy": c["is_copy"], "d1": c["d1"], "d2": c["d2"]})
         summary["copies"] = copies.summary()
         summary["detection"] = {
-            "sharpness": evaluate_or_reason(sharp.sharpness.numpy(), is_copy, "sharpness"),
+            "sharpness": evaluate_or_reason(np.asarray(sharp_score, dtype=float), is_copy, "sharpness"),
             "-lid_model": evaluate_or_reason(-audit.lid_model, is_copy, "-lid_model"),
             "deficit": evaluate_or_reason(audit.deficit, is_copy, "deficit")}
         summary["labels_of_copies"] = {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS}
@@ -272,23 +321,29 @@ def _audit_report(out: Path, cfg: AuditConfig, ref_spec: str, audit: Any, rows: 
     report.add_verdict("\n".join(f"- {x}" for x in lines))
     report.add_glossary(glossary(["lid", "lid_model", "lid_data", "t0", "mmh", "sharpness", "lambda", "copy",
                                   "auroc"]))
+    is_gen = summary.get("lid_model_estimator") == "generator_jacobian"
+    model_text = (f"LID_{{model}} = numerical rank of the generator Jacobian J_G(z) at each sample's latent; "
+                  f"LID_{{data}} = {cfg.lid_data} on {ref_spec}; the sharpness column is the pushforward "
+                  "log-density log p(z) - 1/2 log det(J^T J) (largest float where the volume collapses)"
+                  if is_gen else f"LID_{{model}} = FLIPD at t_{{0}} = {cfg.t0:g}; LID_{{data}} = {cfg.lid_data} on "
+                  f"{ref_spec}; sharpness at t = {cfg.sharpness_t:g}")
     report.add_text(
-        f"LID_{{model}} = FLIPD at t_{{0}} = {cfg.t0:g}; LID_{{data}} = {cfg.lid_data} on {ref_spec}; sharpness at "
-        f"t = {cfg.sharpness_t:g}. A sample is memorized when LID_{{model}} < {audit.model_low:.3g}; DD-Mem if also "
+        f"{model_text}. A sample is memorized when LID_{{model}} < {audit.model_low:.3g}; DD-Mem if also "
         f"LID_{{data}} < {audit.data_low:.3g}, else OD-Mem (see memgeo.memorization.mmh).", heading="Method")
     lid_model = np.asarray(audit.lid_model, dtype=float)
     n_neg = int(np.sum(lid_model < 0))
     neg = (f" {n_neg} of {n} LID_{{model}} values are below 0 (lowest {float(lid_model.min()):.2f}). "
            + NEGATIVE_LID_CAPTION) if n_neg else ""
     figure_to_report(report, mmh_scatter(audit.lid_data, lid_model, audit.label, audit.model_low, audit.data_low,
-                                         is_copy=is_copy, t0=cfg.t0, title="LID$_{model}$ against LID$_{data}$"),
+                                         is_copy=is_copy, t0=None if is_gen else cfg.t0,
+                                         title="LID$_{model}$ against LID$_{data}$"),
                      out / "figures" / "lid_scatter.png", heading="LID model against LID data",
                      caption="Colour: MMH label" + ("; black rings: copies" if is_copy is not None else "")
                              + f". Dashed: LID_{{model}} threshold {audit.model_low:.3g} (memorized below); dotted: "
                                f"LID_{{data}} threshold {audit.data_low:.3g} (DD-Mem to its left).{neg}")
     groups = np.asarray(audit.label, dtype=object)
     figure_to_report(report, score_histogram({str(k): lid_model[groups == k] for k in dict.fromkeys(groups.tolist())},
-                                             xlabel="LID$_{model}$ (FLIPD), dimensions",
+                                             xlabel="LID$_{model}$ (" + ("generator Jacobian" if is_gen else "FLIPD") + "), dimensions",
                                              title="LID$_{model}$ by MMH label"),
                      out / "figures" / "lid_model_hist.png")
     keep = ["index", "prompt", "mmh_label", "lid_model", "lid_data", "sharpness", "is_copy"]
