@@ -16,8 +16,8 @@ from memgeo.cli.common import Out, Seed, app, load_config
 from memgeo.cli.output import Json, auroc_text, emit, num
 from memgeo.errors import MemgeoError
 
-MODEL_HELP = ("memgeo checkpoint folder (label or caption model), diffusers pipeline folder (SD 1.x/2.x, SDXL, "
-              "SD3), empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")
+MODEL_HELP = ("memgeo checkpoint folder (label, caption or generator model: vae, gsvae, gan, wgan-gp, sd2015), "
+              "diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3), empirical:DATA.npy or gaussian:MEAN.npy,COV.npy.")
 PROMPT_RULE = ("Prompt models only. One prompt conditions every row; several are paired with the rows in order "
                "(row i gets prompt i: give exactly one per row); none means the empty prompt.")
 Prompt = Annotated[list[str], typer.Option("--prompt", help="A prompt (repeat the option for several). " + PROMPT_RULE
@@ -217,8 +217,9 @@ def _t0(value: str | None) -> float | str | None:
 @app.command()
 def lid(
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
-    estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need --model); cfdm, lpca, mle, "
-                                                "twonn (need --data).")] = "flipd",
+    estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need a diffusion --model); "
+                                                "generator_jacobian (a vae/gsvae/gan/wgan-gp --model: rank of the "
+                                                "decoder Jacobian); cfdm, lpca, mle, twonn (need --data).")] = "flipd",
     model: Annotated[str, typer.Option(help="Model-based estimators: " + MODEL_HELP + " [default: none]")] = None,
     data: Annotated[str, typer.Option(help="Reference data, TRAIN.npy or a data SPEC (model-free estimators). "
                                            "[default: none]")] = None,
