@@ -32,6 +32,7 @@ from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
 from memgeo.models import load
 from memgeo.models.base import DiffusionModel, model_dtype
 from memgeo.models.generators import Generator
+from memgeo.models.sd2015_adapter import as_diffusion_model
 from memgeo.report import Report, glossary, score_histogram
 from memgeo.workflows.commands import model_conditions
 from memgeo.workflows.common import (
@@ -121,7 +122,7 @@ def _generator_checks(model: Generator, est: LIDEstimator, cond: int | None, lab
                           f"{type(model).__name__} generator", "use --estimator generator_jacobian")
     if not model.has("decode"):
         raise MemgeoError(f"{type(model).__name__} has no decode, so no generator-Jacobian LID",
-                          "audit vae, gsvae, gan or wgan-gp checkpoints (sd2015 has no decoder)")
+                          "use a vae, gsvae, gan or wgan-gp checkpoint (sd2015 is measured with flipd)")
 
 
 def _finite(values: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,8 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
     """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
     pts = load_points(cfg.points)
     est = build_estimator(cfg.estimator, cfg.params)
-    model = load(cfg.model) if cfg.model else None
+    # sd2015 has a score but no decoder: measured as a diffusion model (FLIPD) through its adapter
+    model = as_diffusion_model(load(cfg.model)) if cfg.model else None
     reference = _data_tensor(cfg.data) if cfg.data else None
     if isinstance(model, Generator):  # vae, gsvae, gan, wgan-gp: LID_model from the generator Jacobian
         check_point_shape(model, pts)
@@ -197,11 +199,12 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
 
     A generator checkpoint (vae, gsvae, gan, wgan-gp) is measured by :class:`GeneratorLID` instead:
     LID_model is the rank of J_G(z) and the ``sharpness`` column holds the pushforward log-density
-    (``summary["sharpness_kind"]`` says which)."""
+    (``summary["sharpness_kind"]`` says which). An sd2015 checkpoint is wrapped in
+    :class:`~memgeo.models.sd2015_adapter.SD2015ScoreModel` and audited like a diffusion model."""
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)  # a bad name fails before the model loads
     if not isinstance(data_est, DataLIDEstimator):
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
-    model = load(cfg.model)
+    model = as_diffusion_model(load(cfg.model))  # sd2015: FLIPD and dense sharpness through its score
     pts = load_points(cfg.points)
     is_gen = isinstance(model, Generator)
     if is_gen:
