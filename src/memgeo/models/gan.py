@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memgeo.errors import MemgeoError, check_scalar
-from memgeo.models.generators import Generator
+from memgeo.models.generators import Generator, mlp
 
 GANKind = Literal["gan", "wgan-gp"]
 
@@ -98,17 +98,6 @@ class GANConfig(BaseModel):
         return self
 
 
-def _mlp(d_in: int, d_out: int, hidden: int, depth: int, act: type[nn.Module] | nn.Module) -> nn.Sequential:
-    """``depth`` hidden layers of width ``hidden`` with activation ``act`` and a linear output; no normalisation."""
-    layers: list[nn.Module] = []
-    width = d_in
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), act() if isinstance(act, type) else act]
-        width = hidden
-    layers.append(nn.Linear(width, d_out))
-    return nn.Sequential(*layers)
-
-
 class GAN(Generator):
     """MLP generator G and MLP discriminator/critic D on flattened data.
 
@@ -133,8 +122,8 @@ class GAN(Generator):
         dim = self.data_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.generator_net = _mlp(self.latent_dim, dim, config.hidden, config.depth, nn.ReLU)
-            self.discriminator = _mlp(dim, 1, config.hidden, config.depth, nn.LeakyReLU(0.2))
+            self.generator_net = mlp(self.latent_dim, [config.hidden] * config.depth, dim, nn.ReLU)
+            self.discriminator = mlp(dim, [config.hidden] * config.depth, 1, nn.LeakyReLU(0.2))
 
     # --- protocol: sample, decode, prior_sample, prior_log_prob (no likelihood) -------------------
     @property

@@ -22,6 +22,7 @@ Capabilities
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,6 +32,21 @@ from memgeo.errors import MemgeoError
 
 #: The optional capabilities, by method name.
 CAPABILITIES: tuple[str, ...] = ("decode", "prior_sample", "prior_log_prob", "log_prob", "elbo", "iw_bound", "score")
+
+
+def mlp(d_in: int, hidden: Sequence[int], d_out: int, act: type[nn.Module] | nn.Module = nn.SiLU) -> nn.Sequential:
+    """Linear layers ``d_in -> hidden... -> d_out`` with ``act`` between them (one Linear if ``hidden`` is empty).
+
+    No normalisation layers, so every sample is processed independently (per-sample Jacobians stay exact).
+    ``act`` is a module class (a fresh instance per layer) or an instance (shared; stateless activations only).
+    """
+    layers: list[nn.Module] = []
+    d = d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), act() if isinstance(act, type) else act]
+        d = h
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
 
 
 class Generator(nn.Module):

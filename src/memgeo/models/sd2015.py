@@ -60,7 +60,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memgeo.errors import MemgeoError, check_finite, check_scalar
-from memgeo.models.generators import Generator
+from memgeo.models.generators import Generator, mlp
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -120,16 +120,6 @@ def beta_schedule(T: int, schedule: str = "sigmoid", beta_min: float = 1e-3, bet
     raise MemgeoError(f"unknown beta schedule {schedule!r}", "use schedule='sigmoid' or schedule='linear'")
 
 
-def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = d_in
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.SiLU()]
-        d = h
-    layers.append(nn.Linear(d, d_out))
-    return nn.Sequential(*layers)
-
-
 class SD2015Diffusion(Generator):
     """Gaussian diffusion probabilistic model with learned reverse mean and diagonal variance.
 
@@ -167,7 +157,7 @@ class SD2015Diffusion(Generator):
                                                                  dtype=torch.float64)).to(dt), persistent=False)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
             torch.manual_seed(config.seed)
-            self.net = _mlp(d + config.time_dim, config.hidden, 2 * d)
+            self.net = mlp(d + config.time_dim, config.hidden, 2 * d)
 
     # --- schedule helpers -------------------------------------------------------------------------
     def _steps(self, t: int | torch.Tensor, m: int) -> torch.Tensor:

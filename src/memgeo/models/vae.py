@@ -31,20 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from memgeo.errors import MemgeoError, check_finite, check_scalar
-from memgeo.models.generators import Generator
+from memgeo.models.generators import Generator, mlp
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
-    """Linear layers ``d_in -> hidden... -> d_out`` with SiLU between them (one Linear if ``hidden`` is empty)."""
-    layers: list[nn.Module] = []
-    d = d_in
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.SiLU()]
-        d = h
-    layers.append(nn.Linear(d, d_out))
-    return nn.Sequential(*layers)
 
 
 class _DecoderConfig(BaseModel):
@@ -118,7 +107,7 @@ class _DecoderMixin(Generator):
     def _build_decoder(self, cfg: _DecoderConfig) -> None:
         self._cfg = cfg
         self._learned_var = cfg.decoder == "gaussian" and cfg.decoder_variance == "learned"
-        self.decoder_net = _mlp(self.latent_dim, cfg.hidden, self.data_dim * (2 if self._learned_var else 1))
+        self.decoder_net = mlp(self.latent_dim, cfg.hidden, self.data_dim * (2 if self._learned_var else 1))
         # dtype/device reference only (the fixed variance is read from the config, in full precision)
         self.register_buffer("_ref", torch.zeros(()), persistent=False)
 
@@ -211,7 +200,7 @@ class VAE(_DecoderMixin):
         self.config = config
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
             torch.manual_seed(config.seed)
-            self.encoder_net = _mlp(self.data_dim, config.hidden, 2 * self.latent_dim)
+            self.encoder_net = mlp(self.data_dim, config.hidden, 2 * self.latent_dim)
             self._build_decoder(config)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +336,7 @@ class GumbelSoftmaxVAE(_DecoderMixin):
         self.n_latent, self.n_categories = config.n_latent, config.n_categories
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.encoder_net = _mlp(self.data_dim, config.hidden, self.latent_dim)
+            self.encoder_net = mlp(self.data_dim, config.hidden, self.latent_dim)
             self._build_decoder(config)
         self.step = 0
 
