@@ -51,7 +51,6 @@ capacity and training). :meth:`SD2015Diffusion.score` returns it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
