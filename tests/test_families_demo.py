@@ -189,3 +189,27 @@ def test_kfold_duplicates_score_zero_with_a_deterministic_model(tmp_path, monkey
     s = run_families_demo(cfg, tmp_path / "run")
     assert s["kfold"]["rest"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert s["kfold"]["isolated"]["score"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cli_steps_option(tmp_path):
+    """`memgeo families --steps vae=7` trains the vae 7 steps (others keep their defaults); a malformed
+    item is refused with a MemgeoError naming it."""
+    from typer.testing import CliRunner
+
+    from memgeo.cli import app
+    from memgeo.errors import MemgeoError
+    from memgeo.workflows.families_demo import DEFAULT_STEPS
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"subsample": 400, "hidden": 16, "n_samples": 20, "kfold_rows": 0}))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["families", "--family", "vae", "--steps", "vae=7", "--latent-dim", "3",
+                                   "--config", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["families"][0]["steps"] == 7 and saved["kfold"] is None
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["latent_dim"] == 3 and conf["steps"]["gan"] == DEFAULT_STEPS["gan"]
+    bad = CliRunner().invoke(app, ["families", "--steps", "vae=x", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0
+    assert isinstance(bad.exception, MemgeoError) or "vae=x" in bad.output

@@ -15,6 +15,11 @@ from memgeo.cli.output import Json, emit
 def families(
     family: Annotated[str, typer.Option(help="Comma-separated families: vae, gsvae, gan, wgan-gp. "
                                              "[default: all four]")] = None,
+    steps: Annotated[str, typer.Option(help="Steps per family, e.g. 'vae=20000,gan=20000,wgan-gp=5000' (GANs: "
+                                            "generator steps); others keep the default. "
+                                            "[default: vae/gsvae/gan 5000, wgan-gp 2000]")] = None,
+    latent_dim: Annotated[int, typer.Option(help="Gaussian latent size (gsvae: categorical latents). "
+                                                 "[default: 8]")] = None,
     n_samples: Annotated[int, typer.Option(help="Generations per family. [default: 200]")] = None,
     subsample: Annotated[int, typer.Option(help="Keep this many random data rows (quick runs). "
                                                 "[default: all]")] = None,
@@ -28,11 +33,22 @@ def families(
 
     \b
     Example: memgeo families --out runs/families
+    Longer:  memgeo families --steps vae=20000,gsvae=20000,gan=20000,wgan-gp=5000 --out runs/families_long
     """
-    from memgeo.workflows.families_demo import FamiliesDemoConfig, run_families_demo
+    from memgeo.errors import MemgeoError
+    from memgeo.workflows.families_demo import DEFAULT_STEPS, FamiliesDemoConfig, run_families_demo
 
     fams = tuple(f.strip() for f in family.split(",") if f.strip()) if family else None
-    cfg = load_config(config, FamiliesDemoConfig, {"families": fams, "n_samples": n_samples,
-                                                    "subsample": subsample, "seed": seed})
+    step_map = None
+    if steps:
+        step_map = dict(DEFAULT_STEPS)
+        for item in (p.strip() for p in steps.split(",") if p.strip()):
+            name, _, val = item.partition("=")
+            if name.strip() not in DEFAULT_STEPS or not val.strip().isdigit() or int(val) < 1:
+                raise MemgeoError(f"--steps item {item!r} is not family=positive integer",
+                                  f"use e.g. vae=20000,wgan-gp=5000 with families {', '.join(DEFAULT_STEPS)}")
+            step_map[name.strip()] = int(val)
+    cfg = load_config(config, FamiliesDemoConfig, {"families": fams, "n_samples": n_samples, "steps": step_map,
+                                                    "latent_dim": latent_dim, "subsample": subsample, "seed": seed})
     summary = run_families_demo(cfg, out)
     emit(json_out, summary, list(summary["verdict"]) + [f"report in {out / 'report.html'}"])
