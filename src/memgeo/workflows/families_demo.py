@@ -167,7 +167,7 @@ def _verdict(row: dict[str, Any], det: dict[str, Any], cfg: FamiliesDemoConfig) 
     return f"{head} ({rates}); {sep}."
 
 
-def _run_kfold(cfg: FamiliesDemoConfig, train_x: torch.Tensor, copy_rows: tuple[int, int], out: Path
+def _run_kfold(cfg: FamiliesDemoConfig, train_x: torch.Tensor, copy_rows: tuple[int, int]
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """K-fold likelihood memorization score (van den Burg & Williams) of the vae on a random subsample.
 
@@ -373,7 +373,7 @@ def run_families_demo(cfg: FamiliesDemoConfig, out: str | Path) -> dict[str, Any
     kfold: dict[str, Any] | None = None
     if "vae" in cfg.families and cfg.kfold_rows >= 2 * cfg.kfold_k:
         t0 = time.perf_counter()
-        kfold, kfold_rows = _run_kfold(cfg, train_x, tuple(inj["copy_rows"]), out)
+        kfold, kfold_rows = _run_kfold(cfg, train_x, tuple(inj["copy_rows"]))
         write_csv(out / "kfold.csv", kfold_rows)
         timings["kfold"] = time.perf_counter() - t0
         kfold_note = _kfold_text(kfold, cfg)
