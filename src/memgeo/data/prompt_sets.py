@@ -50,14 +50,13 @@ Unicorn / Rainbow ..." in the jsonl). The authors' detection scripts read the .t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from memgeo.data.mnist import DATA_ENV
-from memgeo.data.prompts import PromptEntry, _prompt_key, load_prompts
+from memgeo.data.prompts import PromptEntry, load_prompts, split_jsonl_prompt
 from memgeo.errors import MemgeoError
 
 Prefer = Literal["jsonl", "txt"]
@@ -186,16 +185,8 @@ def _read_list(raw: bytes, f: PromptSetFile) -> list[PromptEntry]:
             raise MemgeoError(f"{path} line {i}: empty prompt inside the list", "remove the blank line")
         extra: dict[str, Any] = {}
         if path.suffix.lower() == ".jsonl":
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise MemgeoError(f"{path} line {i}: not valid JSON ({exc.msg})",
-                                  "use the file as published") from exc
-            if not isinstance(obj, dict):
-                raise MemgeoError(f"{path} line {i}: a JSON {type(obj).__name__}, not an object",
-                                  "use the file as published")
-            key = _prompt_key(obj.keys(), f"{path} line {i}")
-            s = obj.pop(key)
+            s, obj = split_jsonl_prompt(s, f"{path} line {i}", "use the file as published",
+                                        "use the file as published")
             if not isinstance(s, str) or not s.strip():
                 raise MemgeoError(f"{path} line {i}: prompt is {s!r}, not text", "use the file as published")
             clash = sorted({"memorized", "source"} & obj.keys())

@@ -136,21 +136,26 @@ def load_prompts(path: str | os.PathLike[str]) -> list[PromptEntry]:
     elif suffix == ".jsonl":
         entries = []
         for i, s in enumerate(lines, 1):
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise MemgeoError(f"{path} line {i}: not valid JSON ({exc.msg})",
-                                  "write one JSON object per line") from exc
-            if not isinstance(obj, dict):
-                raise MemgeoError(f"{path} line {i}: a JSON {type(obj).__name__}, not an object",
-                                  'write {"prompt": "..."} per line')
-            key = _prompt_key(obj.keys(), f"{path} line {i}")
-            entries.append(PromptEntry(_checked(obj[key], i, path), i, {k: v for k, v in obj.items() if k != key}))
+            prompt, extra = split_jsonl_prompt(s, f"{path} line {i}")
+            entries.append(PromptEntry(_checked(prompt, i, path), i, extra))
     else:
         entries = _read_csv(lines, path)
     if not entries:
         raise MemgeoError(f"prompt file {path} holds no prompts", "add at least one prompt")
     return entries
+
+
+def split_jsonl_prompt(line: str, where: str, fix_json: str = "write one JSON object per line",
+                       fix_object: str = 'write {"prompt": "..."} per line') -> tuple[Any, dict[str, Any]]:
+    """One .jsonl line -> (the raw value of its prompt field, the other fields); one-line errors naming ``where``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MemgeoError(f"{where}: not valid JSON ({exc.msg})", fix_json) from exc
+    if not isinstance(obj, dict):
+        raise MemgeoError(f"{where}: a JSON {type(obj).__name__}, not an object", fix_object)
+    key = _prompt_key(obj.keys(), where)
+    return obj[key], {k: v for k, v in obj.items() if k != key}
 
 
 def _read_csv(lines: list[str], path: Path) -> list[PromptEntry]:
