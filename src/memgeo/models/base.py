@@ -161,3 +161,15 @@ def noise_difference(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | f
                      torch.cat([cond, model.null_cond(cond)]))
     e_c, e_u = both.chunk(2)
     return e_c - e_u
+
+
+def denoise_pair(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eps_c, eps_u, x0_c, x0_u) of :meth:`DiffusionModel.denoise` from one batched call on the stacked 2B rows.
+
+    The conditional and the null condition in one batch: 2 forward evaluations per row.
+    """
+    e, x0 = model.denoise(torch.cat([x, x]), t, torch.cat([cond, model.null_cond(cond)]))
+    e_c, e_u = e.chunk(2)
+    x0_c, x0_u = x0.chunk(2)
+    return e_c, e_u, x0_c, x0_u

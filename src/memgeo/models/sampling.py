@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memgeo.errors import MemgeoError, Registry
-from memgeo.models.base import DiffusionModel
+from memgeo.models.base import DiffusionModel, denoise_pair
 
 #: The callback receives one dict per network evaluation with these keys:
 #: ``step`` (int k), ``t`` (float), ``t_next`` (float or None at the final denoise), ``x`` (B, *shape) the
@@ -180,9 +180,7 @@ def _predict(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tenso
     if not both:
         e, x0 = model.denoise(x, t, cond)
         return e, x0, None, None
-    e, x0 = model.denoise(torch.cat([x, x]), t, torch.cat([cond, model.null_cond(cond)]))
-    e_c, e_u = e.chunk(2)
-    x0_c, x0_u = x0.chunk(2)
+    e_c, e_u, x0_c, x0_u = denoise_pair(model, x, t, cond)
     return e_c, x0_c, e_u, x0_u
 
 

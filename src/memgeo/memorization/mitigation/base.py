@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from memgeo.errors import MemgeoError
-from memgeo.models.base import DiffusionModel
-from memgeo.memorization.prompt_scores.base import denoise_pair, to_native
+from memgeo.memorization.prompt_scores.base import to_native
+from memgeo.models.base import DiffusionModel, denoise_pair
 from memgeo.models.sampling import model_grid, sample
 
 

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from memgeo.errors import MemgeoError, Registry, check_choice
-from memgeo.models.base import DiffusionModel, as_time, model_dtype
+from memgeo.models.base import DiffusionModel, as_time, denoise_pair, model_dtype
 from memgeo.models.counting import CountingModel
 from memgeo.models.sampling import SamplingGrid, model_grid
 
@@ -265,15 +265,6 @@ def to_native(model: DiffusionModel, t: float, eps: torch.Tensor, x0: torch.Tens
     if kind == "sample":
         return x0
     return eps
-
-
-def denoise_pair(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(eps_c, eps_u, x0_c, x0_u) from one batched call on 2R rows; 2 forward evaluations per row."""
-    e, x0 = model.denoise(torch.cat([x, x]), t, torch.cat([cond, model.null_cond(cond)]))
-    e_c, e_u = e.chunk(2)
-    x0_c, x0_u = x0.chunk(2)
-    return e_c, e_u, x0_c, x0_u
 
 
 def eps_pair(model: DiffusionModel, x: torch.Tensor, t: float, cond: torch.Tensor
