@@ -9,7 +9,7 @@ measured on generations whose nearest neighbour is a 9, that of the control clas
 nearest neighbour is a 3.
 
 The geometric score of a generation x = G(z) is the pushforward log-density at its own latent,
-log p_G(x) = log p(z) - sum_i log s_i(J_G(z)) (higher = denser = predicted copy), and LID_model is
+log p_G(x) = log p(z) - sum_i log s_i(J_{G}(z)) (higher = denser = predicted copy), and LID_model is
 the numerical rank of J_G(z) (:func:`memgeo.geometry.generator.generator_lid`). For the
 Gumbel-Softmax VAE the prior is uniform over one-hot codes, so log p(z) is the same constant for
 every generation and the score reduces to the decoder's local volume contraction -sum_i log s_i at
@@ -56,6 +56,31 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "auroc_neg_lid_model", "lid_model_copies", "lid_model_non_copies", "lid_data_copies", "lid_data_non_copies",
     "mmh_copies_none", "mmh_copies_OD-Mem", "mmh_copies_DD-Mem", "mmh_non_copies_none", "mmh_non_copies_OD-Mem",
     "mmh_non_copies_DD-Mem", "memorizes", "separates")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _report_row(r: dict[str, Any]) -> dict[str, str]:
+    """The reader's view of one :data:`TABLE_COLUMNS` row: readable headers, rates and CI together."""
+    if r.get("auroc_log_density") is None:
+        auroc = f"not defined ({r.get('auroc_reason') or 'no copies'})"
+    else:
+        auroc = (f"{r['auroc_log_density']:.3f} [{_fmt(r.get('auroc_log_density_ci_low'))}, "
+                 f"{_fmt(r.get('auroc_log_density_ci_high'))}]")
+    return {
+        "family": str(r["family"]),
+        "steps (training s)": f"{r['steps']} ({_fmt(r['train_s'])} s)",
+        "copies / generations": f"{r['n_copies']} / {r['n_generations']}",
+        "copy rate 9 / 3": f"{_fmt(r.get('copy_rate_memorized'))} / {_fmt(r.get('copy_rate_control'))}",
+        "AUROC of log-density [95 % CI]": auroc,
+        "LID_model copies / others": f"{_fmt(r.get('lid_model_copies'))} / {_fmt(r.get('lid_model_non_copies'))}",
+        "MMH of copies (none / OD / DD)": (f"{r.get('mmh_copies_none', 0)} / {r.get('mmh_copies_OD-Mem', 0)} / "
+                                           f"{r.get('mmh_copies_DD-Mem', 0)}"),
+    }
 
 
 class FamiliesDemoConfig(BaseModel):
@@ -383,15 +408,17 @@ def run_families_demo(cfg: FamiliesDemoConfig, out: str | Path) -> dict[str, Any
     for v in verdict:
         report.add_verdict(v, warn="does not" in v or "not computed" in v)
     report.add_text(
-        "A generation is a **copy** when d1/d2 < 1/3 against the de-duplicated training set. The models are "
+        "A generation is a **copy** when d₁/d₂ < 1/3 against the de-duplicated training set. The models are "
         f"unconditional, so a generation counts for class {cfg.memorize_class} or {cfg.control_class} by the "
         "class of its nearest training image. **Log-density** is the pushforward log-density at the "
-        "generation's own latent, log p(z) - sum log s_i(J_G(z)) (higher = denser = predicted copy; +inf where "
+        "generation's own latent, log p(z) − Σᵢ log sᵢ(J_{G}(z)) (higher = denser = predicted copy; +∞ where "
         "the Jacobian collapses, ranked above every finite value); for gsvae log p(z) is constant (uniform "
-        "one-hot prior). **LID_model** is the numerical rank of J_G(z) (s_i > 1e-3 s_max); **LID_data** is "
+        "one-hot prior). **LID_{model}** is the numerical rank of J_{G}(z) (sᵢ > 10⁻³ s_{max}); "
+        "**LID_{data}** is "
         "local PCA in the training set; MMH labels as in `memgeo audit`.",
         heading="How to read this")
-    report.add_table(rows, heading="Per family", columns=list(TABLE_COLUMNS), csv="families.csv")
+    report.add_table([_report_row(r) for r in rows], heading="Per family", csv="families.csv",
+                     note="Rates are over the generations nearest a training 9 / 3; every column is in families.csv.")
     report.add_text(kfold_note, heading="K-fold likelihood memorization score (vae)")
     if kfold is not None:
         report.add_table([{"rows": g, "n": kfold[g]["n"], "mean_score": kfold[g]["mean"],
@@ -401,7 +428,10 @@ def run_families_demo(cfg: FamiliesDemoConfig, out: str | Path) -> dict[str, Any
                              "median_score": kfold[key]["score"], "fold_balanced_mean": None,
                              "mean_abs_score": abs(kfold[key]["score"])}
                             for name, key in (("most isolated", "isolated"), ("top score", "top"))],
-                         heading="K-fold score by group", csv="kfold.csv")
+                         heading="K-fold score by group", csv="kfold.csv",
+                         labels={"rows": "rows", "n": "n", "mean_score": "mean score (nats)",
+                                 "median_score": "median score", "fold_balanced_mean": "fold-balanced mean",
+                                 "mean_abs_score": "mean |score|"})
     for family, (x, is_copy) in grids.items():
         k = min(32, x.shape[0])
         fig = image_grid(x[:k].numpy(), highlight=is_copy[:k], ncols=8,
