@@ -1,4 +1,5 @@
-"""Exact nearest neighbours in normalized pixel l2, and exact de-duplication of a training set.
+"""Nearest neighbours in normalized pixel l2 (exact, or approximate through faiss), and exact
+de-duplication of a training set.
 
 Distances throughout the memorization layer are *normalized* pixel l2 distances
 
@@ -7,27 +8,63 @@ Distances throughout the memorization layer are *normalized* pixel l2 distances
 computed over the flattened dimension D, so that a distance reads as a root-mean-square pixel
 difference and is comparable across image sizes (for images in [-1, 1] it lies in [0, 2]).
 
-Search is done in two passes per chunk of queries: ``torch.cdist`` (which uses a fast matrix
-product, hence can be off by float rounding) pre-selects a few more candidates than asked for, then
-the candidates' distances are recomputed exactly in float64 from the differences and re-sorted.
-This keeps the speed of the matrix product while an exact copy gets distance exactly 0 and the
-order of the returned neighbours is the order of the exact distances.
+Exact search (backends ``"torch"`` and ``"faiss"``) is done in two passes per block of the reference
+and chunk of queries: a fast matrix-product distance (``torch.cdist`` or faiss's brute-force
+``knn``, i.e. what ``IndexFlatL2`` computes; both can be off by float rounding) pre-selects a few more
+candidates than asked for, then the candidates' distances are recomputed exactly in float64 from the
+differences and re-sorted. This keeps the speed of the matrix product while an exact copy gets
+distance exactly 0 and the order of the returned neighbours is the order of the exact distances.
+A guard makes the pre-selection safe: when the last pre-selected candidate's approximate squared
+distance is not above the k-th exact one by more than a bound on the rounding error (many ties, e.g.
+a duplicated training image), that query is re-ranked against *every* reference point whose
+approximate distance is within the bound. The result is the exact k nearest neighbours with equal
+distances ordered by smaller index, so both exact backends return identical neighbours and distances.
+
+Scale: the reference is processed in blocks of ``block_size`` rows and the per-block top-k lists are
+merged, so memory stays about one block (plus a chunk x block distance tile for ``"torch"``) whatever
+N is. A memory-mapped ``.npy`` (``numpy.load(path, mmap_mode="r")``, or just its path) is read block
+by block and never loaded whole: 1,000,000 x 784 float32 (3.1 GB) is searched in ~256 MiB.
+
+Approximate backends (need ``faiss``, the ``scale`` extra): ``"faiss-ivf"`` (``IndexIVFFlat`` with
+``nlist`` k-means cells, ``nprobe`` of them visited per query) and ``"faiss-hnsw"``
+(``IndexHNSWFlat`` with ``hnsw_m`` links per node, ``ef_search`` candidates per search). They hold the
+whole reference in faiss's memory (``N * D * 4`` bytes; added block by block) and may miss true
+neighbours; the neighbours they return are re-ranked exactly (exact distances). Measure what they
+miss with :func:`approximate_recall`.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError, check_finite, check_scalar
+from memgeo.errors import MemgeoError, check_choice, check_finite, check_scalar
 
 ArrayLike = torch.Tensor | np.ndarray
 
+__all__ = ["APPROXIMATE_BACKENDS", "BACKENDS", "EXACT_BACKENDS", "ArrayLike", "NeighborIndex", "approximate_recall",
+           "as_points", "faiss_available", "first_occurrence", "load_reference", "nearest_neighbors", "unique_rows"]
+
+BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
+EXACT_BACKENDS = ("torch", "faiss")
+APPROXIMATE_BACKENDS = ("faiss-ivf", "faiss-hnsw")
+
 # Extra candidates kept by the float32 pre-selection; the exact pass re-ranks them. The matrix
-# product's rounding error is far below typical gaps between the k-th and (k + 8)-th neighbour.
+# product's rounding error is far below typical gaps between the k-th and (k + 8)-th neighbour
+# (and the guard in _refine catches the cases where it is not).
 _EXTRA_CANDIDATES = 8
 # Budget, in float64 elements, for the difference tensor of the exact pass (128 MiB).
 _REFINE_BUDGET = 1 << 24
+# Default reference block: 256 MiB of float32 rows.
+_BLOCK_BYTES = 1 << 28
+# Budget, in elements, of one (queries, block) approximate distance tile of the torch backend.
+_TILE_BUDGET = 1 << 25
+_EPS32 = float(np.finfo(np.float32).eps)
 
 
 def as_points(x: ArrayLike, name: str) -> torch.Tensor:
@@ -55,8 +92,7 @@ def as_points(x: ArrayLike, name: str) -> torch.Tensor:
         t = x.detach()
     else:
         arr = np.asarray(x)
-        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise MemgeoError(f"{name} has non-numeric dtype {arr.dtype}", "pass a real-valued float array")
+        _check_numeric_dtype(arr.dtype, name)
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dtype == torch.bool or t.is_complex():
         raise MemgeoError(f"{name} has dtype {t.dtype}", "pass a real-valued float tensor")
@@ -70,29 +106,441 @@ def as_points(x: ArrayLike, name: str) -> torch.Tensor:
     return t.reshape(t.shape[0], int(np.prod(t.shape[1:], dtype=np.int64)))
 
 
+def _check_numeric_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype == np.bool_ or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise MemgeoError(f"{name} has non-numeric dtype {dtype}", "pass a real-valued float array")
+
+
+def faiss_available() -> bool:
+    """Whether ``faiss`` imports (the ``scale`` extra: ``pip install 'memgeo[scale]'``)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise MemgeoError("the faiss backends need faiss, which is not installed",
+                          "pip install 'memgeo[scale]' (faiss-cpu) or use backend='torch'") from exc
+    return faiss
+
+
+def load_reference(x: ArrayLike | str | os.PathLike[str], name: str = "reference") -> np.ndarray | torch.Tensor:
+    """A reference set as a 2-D (N, D) array or tensor, *without* copying or loading it into memory.
+
+    Parameters
+    ----------
+    x : torch.Tensor, numpy.ndarray (memory-mapped or not), or path to a ``.npy`` file, shape (N, ...)
+        A path is opened with ``numpy.load(path, mmap_mode="r")``.
+    name : str
+        Used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor, shape (N, D)
+        A view of ``x`` (a memory map stays a memory map). Values are checked (finite) only when
+        blocks are read by a search.
+
+    Raises
+    ------
+    MemgeoError
+        Missing or unreadable file, non-numeric dtype, 0-D input.
+    """
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        if path.suffix.lower() != ".npy":
+            raise MemgeoError(f"{name} {path} is not a .npy file", "save the array with numpy.save(path.npy, array)")
+        if not path.is_file():
+            raise MemgeoError(f"{name} file {path} does not exist", "check the path")
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise MemgeoError(f"cannot read {name} {path} as a .npy array ({exc})",
+                              "pass a file written by numpy.save") from exc
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in (
+                torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+            raise MemgeoError(f"{name} has dtype {t.dtype}", "pass a real-valued float tensor")
+        if t.ndim == 0:
+            raise MemgeoError(f"{name} is a scalar (0-D)", "pass a batch of points with shape (N, ...)")
+        return t.reshape(t.shape[0], int(np.prod(t.shape[1:], dtype=np.int64)))
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    _check_numeric_dtype(arr.dtype, name)
+    if arr.ndim == 0:
+        raise MemgeoError(f"{name} is a scalar (0-D)", "pass a batch of points with shape (N, ...)")
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64)))
+
+
+def _is_float64(x: np.ndarray | torch.Tensor) -> bool:
+    return x.dtype in (torch.float64, np.float64)
+
+
+def _np_dtype(work: torch.dtype) -> type:
+    return np.float64 if work == torch.float64 else np.float32
+
+
+class NeighborIndex:
+    """k-nearest-neighbour search in a fixed reference set, exact or approximate, in bounded memory.
+
+    Parameters
+    ----------
+    reference : torch.Tensor, numpy.ndarray or path to a ``.npy`` file, shape (N, ...)
+        Reference points (e.g. training images), flattened to (N, D). Not copied: a memory map
+        (``numpy.load(path, mmap_mode="r")`` or the path itself) is read block by block.
+    backend : {"auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw"}, default "auto"
+        ``"auto"``: exact faiss brute force when faiss imports, the device is the CPU and the data
+        are float32; exact torch otherwise. ``"torch"`` and ``"faiss"`` are exact and return
+        identical results; ``"faiss-ivf"`` and ``"faiss-hnsw"`` are approximate (see the module notes).
+    block_size : int, optional
+        Reference rows searched at once (exact backends) or added at once (approximate ones);
+        default: 256 MiB of float32 rows (85,598 rows at D = 784).
+    chunk_size : int, default 1024
+        Queries searched at once. The torch backend further splits a chunk so that its
+        (queries, block) distance tile stays under 2**25 elements (128 MiB in float32).
+    device : str or torch.device, optional
+        Where the torch backend computes; default the reference's device (CPU for arrays). faiss
+        runs on the CPU; its results are moved to ``device``.
+    nlist : int, optional
+        ``"faiss-ivf"``: number of k-means cells; default ``round(sqrt(N))`` (at most N / 39, at least 1).
+        The cells are trained on ``min(N, 40 * nlist)`` rows drawn with ``seed``.
+    nprobe : int, optional
+        ``"faiss-ivf"``: cells visited per query; default ``min(nlist, max(8, nlist // 16))``.
+    hnsw_m : int, default 32
+        ``"faiss-hnsw"``: links per node.
+    ef_search : int, default 64
+        ``"faiss-hnsw"``: size of the candidate list during search (raised to k + 8 when smaller).
+    ef_construction : int, default 64
+        ``"faiss-hnsw"``: size of the candidate list while building.
+    seed : int, default 0
+        Seed of the IVF training sample and of faiss's k-means.
+
+    Attributes
+    ----------
+    reference : numpy.ndarray or torch.Tensor, shape (N, D)
+        The reference as given (a view).
+    backend : str
+        The backend asked for (``"auto"`` is resolved per search: see :attr:`exact_backend`).
+    exact : bool
+        Whether searches are exact.
+    """
+
+    def __init__(self, reference: ArrayLike | str | os.PathLike[str], *, backend: str = "auto",
+                 block_size: int | None = None, chunk_size: int = 1024, device: str | torch.device | None = None,
+                 nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = 64,
+                 ef_construction: int = 64, seed: int = 0) -> None:
+        check_choice(backend, BACKENDS, "kNN backend")
+        self.reference = load_reference(reference)
+        self.backend = backend
+        self.exact = backend not in APPROXIMATE_BACKENDS
+        self.chunk_size = check_scalar(chunk_size, "chunk_size", min=1)
+        default_block = max(1, _BLOCK_BYTES // (4 * max(1, self.dim)))
+        self.block_size = check_scalar(block_size, "block_size", min=1, allow_none=True) or default_block
+        ref_dev = self.reference.device if isinstance(self.reference, torch.Tensor) else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else ref_dev
+        self.seed = check_scalar(seed, "seed", min=0)
+        self._cached_block: tuple[torch.dtype, torch.Tensor] | None = None
+        self._index: Any = None
+        if backend == "faiss" or backend in APPROXIMATE_BACKENDS:
+            _import_faiss()
+        if backend == "faiss-ivf":
+            n = max(1, self.n)
+            default_nlist = int(min(max(1, round(math.sqrt(n))), max(1, n // 39)))
+            self.nlist = check_scalar(nlist, "nlist", min=1, max=n, allow_none=True) or default_nlist
+            self.nprobe = check_scalar(nprobe, "nprobe", min=1, allow_none=True) or min(self.nlist, max(8, self.nlist // 16))
+            self.nprobe = min(self.nprobe, self.nlist)
+        elif backend == "faiss-hnsw":
+            self.hnsw_m = check_scalar(hnsw_m, "hnsw_m", min=2)
+            self.ef_search = check_scalar(ef_search, "ef_search", min=1)
+            self.ef_construction = check_scalar(ef_construction, "ef_construction", min=1)
+        if not self.exact:
+            if self.n == 0:
+                raise MemgeoError("reference holds no points", "pass at least one reference point")
+            self._build()
+
+    # --- properties ---------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of reference points N."""
+        return int(self.reference.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Flattened dimension D."""
+        return int(self.reference.shape[1])
+
+    def exact_backend(self, work: torch.dtype = torch.float32) -> str:
+        """The exact backend ``"auto"`` resolves to for data of dtype ``work`` (``self.backend`` otherwise)."""
+        if self.backend != "auto":
+            return self.backend
+        use_faiss = work == torch.float32 and self.device.type == "cpu" and faiss_available()
+        return "faiss" if use_faiss else "torch"
+
+    # --- reading the reference ----------------------------------------------------------------------
+    def _block(self, start: int, stop: int, work: torch.dtype) -> torch.Tensor:
+        """Rows ``start:stop`` as a contiguous CPU/device tensor of dtype ``work``, checked finite."""
+        if start == 0 and stop == self.n and self._cached_block is not None and self._cached_block[0] == work:
+            return self._cached_block[1]
+        ref = self.reference
+        if isinstance(ref, torch.Tensor):
+            blk = ref[start:stop]
+            if blk.dtype != work:
+                blk = blk.to(work)
+        else:
+            # A copy in RAM (also of a memory map's rows), in the working dtype.
+            blk = torch.from_numpy(np.array(ref[start:stop], dtype=_np_dtype(work)))
+        blk = blk.to(self.device).contiguous()
+        self._check_block_finite(blk, start)
+        if start == 0 and stop == self.n:
+            self._cached_block = (work, blk)
+        return blk
+
+    @staticmethod
+    def _check_block_finite(blk: torch.Tensor, start: int) -> None:
+        if blk.numel() and not bool(torch.isfinite(blk).all()):
+            bad = ~torch.isfinite(blk)
+            row = int(bad.any(dim=1).nonzero()[0, 0])
+            raise MemgeoError(f"reference contains NaN/inf value(s) (first in row {start + row}, "
+                              f"{int(bad.sum())} in rows {start}-{start + blk.shape[0] - 1})",
+                              "remove or impute non-finite entries")
+
+    def _rows(self, idx: np.ndarray, work: torch.dtype) -> torch.Tensor:
+        """Reference rows at sorted global indices ``idx`` (int64), as a tensor of dtype ``work``."""
+        ref = self.reference
+        if isinstance(ref, torch.Tensor):
+            rows = ref[torch.from_numpy(idx).to(ref.device)].to(self.device, work)
+        else:
+            rows = torch.from_numpy(np.asarray(ref[idx], dtype=_np_dtype(work))).to(self.device)
+        if rows.numel() and not bool(torch.isfinite(rows).all()):
+            first = int(idx[int((~torch.isfinite(rows)).any(dim=1).nonzero()[0, 0])])
+            raise MemgeoError(f"reference contains NaN/inf value(s) (first in row {first})",
+                              "remove or impute non-finite entries")
+        return rows
+
+    # --- approximate index --------------------------------------------------------------------------
+    def _build(self) -> None:
+        faiss = _import_faiss()
+        d = self.dim
+        if self.backend == "faiss-ivf":
+            quantizer = faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFFlat(quantizer, d, self.nlist)
+            index.cp.seed = self.seed
+            n_train = min(self.n, 40 * self.nlist)
+            rng = np.random.default_rng(self.seed)
+            sample = np.sort(rng.choice(self.n, size=n_train, replace=False)).astype(np.int64)
+            index.train(np.ascontiguousarray(self._rows(sample, torch.float32).cpu().numpy()))
+            index.nprobe = self.nprobe
+        else:
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m)
+            index.hnsw.efConstruction = self.ef_construction
+        for start in range(0, self.n, self.block_size):
+            blk = self._block(start, min(self.n, start + self.block_size), torch.float32)
+            index.add(np.ascontiguousarray(blk.cpu().numpy()))
+        self._cached_block = None  # the faiss index holds the data now
+        self._index = index
+
+    # --- search -------------------------------------------------------------------------------------
+    def search(self, queries: ArrayLike, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k nearest reference points of each query.
+
+        Parameters
+        ----------
+        queries : torch.Tensor or numpy.ndarray, shape (M, ...)
+            Query points; flattened to (M, D).
+        k : int, default 2
+            Number of neighbours, ``1 <= k <= N``.
+
+        Returns
+        -------
+        distances : torch.Tensor, shape (M, k), float64
+            Normalized pixel l2 distances ``sqrt(mean((q - r)^2))`` (exact, also for the approximate
+            backends), ascending along each row.
+        indices : torch.Tensor, shape (M, k), int64
+            Row indices into the reference; equal distances are ordered by smaller index.
+
+        Raises
+        ------
+        MemgeoError
+            Non-finite values, mismatched flattened dimensions or ``k`` outside ``[1, N]``.
+        """
+        q = as_points(queries, "queries")
+        if q.shape[1] != self.dim:
+            raise MemgeoError(
+                f"queries have flattened dimension {q.shape[1]} but reference has {self.dim}",
+                "pass queries and reference images of the same shape",
+            )
+        n = self.n
+        k = check_scalar(k, "k", min=1, max=n, fix=f"ask for k in [1, {n}] neighbours from {n} reference point(s)")
+        work = torch.float64 if (q.dtype == torch.float64 or _is_float64(self.reference)) else torch.float32
+        if self.exact:
+            dist, idx = self._search_exact(q, k, work, self.exact_backend(work) == "faiss")
+        else:
+            dist, idx = self._search_approx(q, k, work)
+        return dist / math.sqrt(self.dim), idx
+
+    def _search_exact(self, q: torch.Tensor, k: int, work: torch.dtype,
+                      use_faiss: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact search over blocks; plain (unnormalized) l2 distances."""
+        dev = self.device
+        m = q.shape[0]
+        best_d = torch.full((m, k), math.inf, dtype=torch.float64, device=dev)
+        best_i = torch.full((m, k), -1, dtype=torch.int64, device=dev)
+        if m == 0:
+            return best_d, best_i
+        q_work = q.to(dev, work)
+        q_sq = torch.linalg.vector_norm(q_work.to(torch.float64), dim=1) ** 2
+        faiss = _import_faiss() if use_faiss else None
+        for b0 in range(0, self.n, self.block_size):
+            b1 = min(self.n, b0 + self.block_size)
+            blk = self._block(b0, b1, work)
+            nb = b1 - b0
+            kk, nc = min(k, nb), min(nb, k + _EXTRA_CANDIDATES)
+            r_sq_max = float(torch.linalg.vector_norm(blk, dim=1).max().to(torch.float64)) ** 2
+            blk32 = np.ascontiguousarray(blk.cpu().numpy(), dtype=np.float32) if use_faiss else None
+            step = int(self.chunk_size) if use_faiss else max(1, min(int(self.chunk_size), _TILE_BUDGET // nb))
+            for s in range(0, m, step):
+                qc = q_work[s:s + step]
+                if use_faiss:
+                    a_sq, cand = faiss.knn(np.ascontiguousarray(qc.cpu().numpy(), dtype=np.float32), blk32, nc)
+                    a_sq = torch.from_numpy(a_sq).to(dev, torch.float64)
+                    cand = torch.from_numpy(cand).to(dev)
+                else:
+                    approx = torch.cdist(qc.unsqueeze(0), blk.unsqueeze(0)).squeeze(0)  # (c, nb)
+                    a, cand = torch.topk(approx, nc, dim=1, largest=False)
+                    a_sq = a.to(torch.float64) ** 2
+                tol = (2 * self.dim + 16) * _EPS32 * (q_sq[s:s + step] + r_sq_max)
+                d_b, i_b = _refine(qc, blk, cand, a_sq, kk, tol, exhaustive=nc == nb)
+                cat_d = torch.cat([best_d[s:s + step], d_b], dim=1)
+                cat_i = torch.cat([best_i[s:s + step], i_b + b0], dim=1)
+                # Stable: on equal distances the earlier (smaller-index) block's entry stays first.
+                order = torch.sort(cat_d, dim=1, stable=True).indices[:, :k]
+                best_d[s:s + step] = torch.gather(cat_d, 1, order)
+                best_i[s:s + step] = torch.gather(cat_i, 1, order)
+        return best_d, best_i
+
+    def _search_approx(self, q: torch.Tensor, k: int, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximate candidates from the faiss index, re-ranked exactly; plain l2 distances."""
+        m = q.shape[0]
+        dev = self.device
+        out_d = torch.full((m, k), math.inf, dtype=torch.float64, device=dev)
+        out_i = torch.full((m, k), -1, dtype=torch.int64, device=dev)
+        nc = min(self.n, k + _EXTRA_CANDIDATES)
+        if self.backend == "faiss-hnsw":
+            self._index.hnsw.efSearch = max(self.ef_search, nc)
+        short: list[int] = []
+        for s in range(0, m, int(self.chunk_size)):
+            qc = q[s:s + int(self.chunk_size)]
+            _, cand = self._index.search(np.ascontiguousarray(qc.cpu().numpy(), dtype=np.float32), nc)
+            valid = cand >= 0
+            # Sort candidates by index (missing ones, -1, last) so that the stable sort breaks ties by index.
+            key = np.where(valid, cand, np.iinfo(np.int64).max)
+            perm = np.argsort(key, axis=1, kind="stable")
+            cand, valid = np.take_along_axis(cand, perm, 1), np.take_along_axis(valid, perm, 1)
+            uniq = np.unique(cand[valid])
+            rows = self._rows(uniq, work)
+            local = torch.from_numpy(np.where(valid, np.searchsorted(uniq, cand), 0)).to(dev)
+            exact = _exact_distances(qc.to(dev, torch.float64), rows, local)
+            exact[~torch.from_numpy(valid).to(dev)] = math.inf
+            order = torch.sort(exact, dim=1, stable=True).indices[:, :k]
+            out_d[s:s + qc.shape[0]] = torch.gather(exact, 1, order)
+            out_i[s:s + qc.shape[0]] = torch.gather(torch.from_numpy(cand).to(dev), 1, order)
+            short.extend((s + np.flatnonzero(valid.sum(axis=1) < k)).tolist())
+        if short:  # the index returned fewer than k points (IVF with too few cells visited): search exactly
+            rows_idx = torch.tensor(short, dtype=torch.int64)
+            use_faiss = work == torch.float32 and self.device.type == "cpu" and faiss_available()
+            d_x, i_x = self._search_exact(q[rows_idx], k, work, use_faiss)
+            out_d[rows_idx.to(dev)], out_i[rows_idx.to(dev)] = d_x, i_x
+        return out_d, out_i
+
+
+def _refine(qc: torch.Tensor, blk: torch.Tensor, cand: torch.Tensor, a_sq: torch.Tensor, kk: int,
+            tol: torch.Tensor, *, exhaustive: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact re-ranking of pre-selected candidates, with the rounding guard.
+
+    Parameters
+    ----------
+    qc : (c, D) queries; blk : (B, D) reference block; cand : (c, nc) local candidate indices;
+    a_sq : (c, nc) their approximate squared distances; kk : neighbours to keep;
+    tol : (c,) bound on the rounding error of an approximate squared distance;
+    exhaustive : whether ``cand`` already holds every point of the block.
+
+    Returns
+    -------
+    (c, kk) plain l2 distances (float64) and local indices, ordered by (distance, index).
+    """
+    q64 = qc.to(torch.float64)
+    cand = torch.sort(cand, dim=1).values  # index order first: the stable sort then breaks ties by index
+    exact = _exact_distances(q64, blk, cand)
+    order = torch.sort(exact, dim=1, stable=True).indices[:, :kk]
+    d = torch.gather(exact, 1, order)
+    idx = torch.gather(cand, 1, order)
+    if exhaustive:
+        return d, idx
+    # A point left out has approximate squared distance >= the largest kept one; if that largest one
+    # exceeds the k-th exact squared distance by more than the rounding bound, no left-out point can be
+    # within the k nearest (ties included). Otherwise search that row against the whole block.
+    thr = d[:, -1] ** 2 + tol
+    redo = (a_sq.max(dim=1).values <= thr).nonzero().flatten().tolist()
+    for r in redo:
+        approx = torch.cdist(qc[r:r + 1].unsqueeze(0), blk.unsqueeze(0)).squeeze(0).squeeze(0).to(torch.float64) ** 2
+        # The torch rounding obeys the same bound: every point within the true k nearest is kept.
+        pool = (approx <= thr[r]).nonzero().flatten()  # ascending indices
+        ex = _exact_row(q64[r], blk, pool)
+        o = torch.sort(ex, stable=True).indices[:kk]
+        d[r], idx[r] = ex[o], pool[o]
+    return d, idx
+
+
+def _exact_row(q64: torch.Tensor, blk: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """Plain l2 distances of one query (D,) to ``blk[pool]``, in float64, in bounded memory."""
+    step = max(1, _REFINE_BUDGET // max(1, q64.shape[0]))
+    out = torch.empty(pool.shape[0], dtype=torch.float64, device=q64.device)
+    for s in range(0, pool.shape[0], step):
+        out[s:s + step] = torch.linalg.vector_norm(blk[pool[s:s + step]].to(torch.float64) - q64, dim=1)
+    return out
+
+
 def nearest_neighbors(
     queries: ArrayLike,
-    reference: ArrayLike,
+    reference: ArrayLike | str | os.PathLike[str],
     k: int = 2,
     chunk_size: int = 1024,
     *,
     device: str | torch.device | None = None,
+    backend: str = "auto",
+    block_size: int | None = None,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    ef_search: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest neighbours of each query among the reference points.
+    """k nearest neighbours of each query among the reference points (exact by default).
+
+    A one-shot :class:`NeighborIndex` search; build the index once instead when searching the same
+    reference several times with an approximate backend.
 
     Parameters
     ----------
     queries : torch.Tensor or numpy.ndarray, shape (M, ...)
         Query points; flattened to (M, D).
-    reference : torch.Tensor or numpy.ndarray, shape (N, ...)
-        Reference points (e.g. training images); flattened to (N, D) with the same D.
+    reference : torch.Tensor, numpy.ndarray or path to a ``.npy`` file, shape (N, ...)
+        Reference points (e.g. training images); flattened to (N, D) with the same D. A memory map
+        (or a path, opened as one) is read block by block.
     k : int, default 2
         Number of neighbours, ``1 <= k <= N``.
     chunk_size : int, default 1024
-        Queries processed at once. Peak extra memory is about ``chunk_size * N`` floats for the
-        distance block, so 10k x 10k x 784 runs in well under 100 MiB.
+        Queries processed at once. Peak extra memory is one reference block (``block_size``) plus,
+        for the torch backend, a distance tile of at most 2**25 elements.
     device : str or torch.device, optional
-        Where to compute; default the device of ``queries`` if it is a tensor, else CPU.
+        Where to compute (torch backend); default the device of ``queries`` if it is a tensor, else CPU.
+    backend : {"auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw"}, default "auto"
+        See :class:`NeighborIndex`. The exact ones ("auto", "torch", "faiss") give identical results.
+    block_size, nlist, nprobe, hnsw_m, ef_search
+        See :class:`NeighborIndex`.
 
     Returns
     -------
@@ -104,43 +552,72 @@ def nearest_neighbors(
     Raises
     ------
     MemgeoError
-        Non-finite values, mismatched flattened dimensions, ``k`` outside ``[1, N]`` or a
-        non-positive ``chunk_size``.
+        Non-finite values, mismatched flattened dimensions, ``k`` outside ``[1, N]``, a
+        non-positive ``chunk_size`` or an unknown backend.
     """
     q = as_points(queries, "queries")
-    r = as_points(reference, "reference")
-    if q.shape[1] != r.shape[1]:
+    if device is None:
+        device = q.device
+    ref = load_reference(reference)
+    if q.shape[1] != ref.shape[1]:
         raise MemgeoError(
-            f"queries have flattened dimension {q.shape[1]} but reference has {r.shape[1]}",
+            f"queries have flattened dimension {q.shape[1]} but reference has {ref.shape[1]}",
             "pass queries and reference images of the same shape",
         )
-    n = r.shape[0]
+    n = int(ref.shape[0])
     k = check_scalar(k, "k", min=1, max=n, fix=f"ask for k in [1, {n}] neighbours from {n} reference point(s)")
     check_scalar(chunk_size, "chunk_size", min=1)
-    dev = torch.device(device) if device is not None else q.device
-    # One working dtype for the pre-selection: float64 only if an input already is.
-    work = torch.float64 if torch.float64 in (q.dtype, r.dtype) else torch.float32
-    r_work = r.to(dev, work)
-    r64 = r_work if work == torch.float64 else r.to(dev, torch.float64)
-    dim = r.shape[1]
-    n_cand = min(n, k + _EXTRA_CANDIDATES)
-
-    out_d = torch.empty((q.shape[0], k), dtype=torch.float64, device=dev)
-    out_i = torch.empty((q.shape[0], k), dtype=torch.int64, device=dev)
-    for start in range(0, q.shape[0], int(chunk_size)):
-        qc = q[start:start + int(chunk_size)].to(dev, work)
-        approx = torch.cdist(qc.unsqueeze(0), r_work.unsqueeze(0)).squeeze(0)  # (c, N)
-        cand = torch.topk(approx, n_cand, dim=1, largest=False).indices
-        # Sorting candidate indices first makes the later stable sort break ties by index.
-        cand = torch.sort(cand, dim=1).values
-        exact = _exact_distances(qc.to(torch.float64), r64, cand)
-        order = torch.sort(exact, dim=1, stable=True).indices[:, :k]
-        out_d[start:start + qc.shape[0]] = torch.gather(exact, 1, order) / np.sqrt(dim)
-        out_i[start:start + qc.shape[0]] = torch.gather(cand, 1, order)
-    return out_d, out_i
+    index = NeighborIndex(ref, backend=backend, block_size=block_size, chunk_size=chunk_size, device=device,
+                          nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    return index.search(q, k)
 
 
-def _exact_distances(q64: torch.Tensor, r64: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+def approximate_recall(index: NeighborIndex, queries: ArrayLike, k: int = 10, *, n_queries: int | None = 1000,
+                       seed: int = 0, exact: NeighborIndex | None = None) -> float:
+    """recall@k of a (typically approximate) index against exact search, on a sample of queries.
+
+    For each sampled query, the share of the k returned neighbours whose exact distance is at most
+    the exact k-th nearest distance (so a tie at the k-th distance counts as found whichever tied
+    point is returned), averaged over the sample. Exact backends give 1.0.
+
+    Parameters
+    ----------
+    index : NeighborIndex
+        The index to measure.
+    queries : torch.Tensor or numpy.ndarray, shape (M, ...)
+        Queries to sample from.
+    k : int, default 10
+        Neighbours per query, ``1 <= k <= N``.
+    n_queries : int or None, default 1000
+        Queries drawn without replacement (with ``seed``); ``None`` or more than M: all of them.
+    seed : int, default 0
+    exact : NeighborIndex, optional
+        The exact index over the same reference (default: a new ``"auto"`` one).
+
+    Returns
+    -------
+    float
+        Mean recall@k in [0, 1].
+    """
+    if not isinstance(index, NeighborIndex):
+        raise MemgeoError(f"index is a {type(index).__name__}, not a NeighborIndex", "build it with NeighborIndex(reference)")
+    q = as_points(queries, "queries")
+    n_queries = check_scalar(n_queries, "n_queries", min=1, allow_none=True)
+    if n_queries is not None and n_queries < q.shape[0]:
+        rows = np.sort(np.random.default_rng(seed).choice(q.shape[0], size=n_queries, replace=False))
+        q = q[torch.from_numpy(rows)]
+    if q.shape[0] == 0:
+        raise MemgeoError("no queries to measure recall on", "pass at least one query")
+    if exact is None:
+        exact = NeighborIndex(index.reference, block_size=index.block_size, chunk_size=index.chunk_size)
+    d_a, _ = index.search(q, k)
+    d_e, _ = exact.search(q, k)
+    # Both distance sets are exact float64 values computed the same way, so ties compare equal.
+    found = (d_a.cpu() <= d_e.cpu()[:, -1:]).sum(dim=1).clamp(max=k)
+    return float(found.sum()) / float(q.shape[0] * k)
+
+
+def _exact_distances(q64: torch.Tensor, r: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """Plain (unnormalized) l2 distances ``||q_i - r_cand[i, j]||``, shape (c, n_cand), in float64.
 
     Computed from the differences, not from the ``|a|^2 + |b|^2 - 2ab`` expansion, so identical rows
@@ -152,7 +629,7 @@ def _exact_distances(q64: torch.Tensor, r64: torch.Tensor, cand: torch.Tensor) -
     step = max(1, _REFINE_BUDGET // max(1, n_cand * dim))
     out = torch.empty((c, n_cand), dtype=torch.float64, device=q64.device)
     for s in range(0, c, step):
-        diff = r64[cand[s:s + step]] - q64[s:s + step, None, :]
+        diff = r[cand[s:s + step]].to(torch.float64) - q64[s:s + step, None, :]
         out[s:s + step] = torch.linalg.vector_norm(diff, dim=2)
     return out
 
