@@ -187,6 +187,24 @@ def typical_spacing(train_unique: ArrayLike) -> float:
     return float(np.median(loo.cpu().numpy()))
 
 
+def copy_statistic(d1: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``d1 / scale`` per sample, with ``0 / 0 = 0`` (an exact copy whose scale underflowed) and ``d / 0 = inf``.
+
+    Parameters
+    ----------
+    d1, scale : numpy.ndarray, shape (M,)
+        Distance to the nearest distinct training image and the criterion's scale.
+
+    Returns
+    -------
+    numpy.ndarray, shape (M,), float64
+    """
+    d1 = np.asarray(d1, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, d1 / np.where(scale > 0, scale, 1.0), np.where(d1 > 0, np.inf, 0.0))
+
+
 @dataclass
 class CopyLabels:
     """Per-sample copy labels from :func:`label_copies`.
@@ -325,9 +343,7 @@ def label_copies(
     dist_np, idx_np = dist.cpu().numpy(), idx.cpu().numpy()
     scale, details = crit.scale(dist_np, uniq)
     d1 = dist_np[:, 0]
-    # 0/0 only for an exact copy whose scale underflowed: call it an exact copy (statistic 0).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stat = np.where(scale > 0, d1 / np.where(scale > 0, scale, 1.0), np.where(d1 > 0, np.inf, 0.0))
+    stat = copy_statistic(d1, scale)
     return CopyLabels(
         d1=d1.copy(),
         d2=dist_np[:, 1].copy(),
