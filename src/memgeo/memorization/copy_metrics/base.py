@@ -579,8 +579,8 @@ def compute_copy_metrics(
     MemgeoError
         Bad inputs, unknown metric names, options for metrics not computed, bad options.
     """
-    import memgeo.memorization.copy_metrics  # noqa: F401  (fills COPY_METRICS)
-
+    # COPY_METRICS is full here: importing this module ran the package's __init__, which imports
+    # every metric module.
     data = CopyData(train, test, gen, image_shape=image_shape, n_boot=n_boot, level=level, seed=seed,
                     backend=backend)
     if metrics is None:

@@ -83,7 +83,9 @@ class DataCopyRateMetric(CopyMetric):
         Candidate radii per training point: distances to its k_max nearest generations of T.
 
     ``per_sample`` is 1.0 for a generation inside a copying ball (of the other half) and 0.0
-    otherwise; ``nearest_index`` is the centre of that ball, or the nearest training sample.
+    otherwise; ``nearest_index`` is the nearest training sample (a flagged generation may lie in the
+    ball of a neighbour of it; ``extra["n_flagged_with_ball_at_nearest"]`` counts the flagged ones whose
+    ball is centred at their nearest training sample).
     """
 
     name = "datacopy_rate"
@@ -122,10 +124,11 @@ class DataCopyRateMetric(CopyMetric):
             flagged[u_rows] = f
             centre[u_rows] = c
         _, nn = data.gen_train_nn(1)
-        nearest = np.where(flagged, data.train_first[np.maximum(centre, 0)], nn[:, 0])
-        res = rate_result(self, data, flagged.astype(np.float64), flagged, nearest,
+        res = rate_result(self, data, flagged.astype(np.float64), flagged, nn[:, 0],
                           {"lam": self.lam, "gamma": self.gamma, "b": b, "dim": dim, "k_max": self.k_max,
-                           "n_copying_balls": n_balls})
+                           "n_copying_balls": n_balls,
+                           "n_flagged_with_ball_at_nearest": int(np.count_nonzero(
+                               flagged & (data.train_first[np.maximum(centre, 0)] == nn[:, 0])))})
         return res
 
     def _radii(self, data: CopyData, t_rows: np.ndarray, r_b: np.ndarray, b: int, dim: float) -> np.ndarray:
@@ -151,8 +154,8 @@ def _inside_balls(centres: torch.Tensor, radii: np.ndarray, points: torch.Tensor
                   chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Which points lie in a closed ball ``B(centres[i], radii[i])`` (radii < 0: no ball); exact float64.
 
-    Returns ``(inside (P,) bool, centre (P,) int64)``, the centre of the ball that holds the point
-    relatively deepest (smallest distance / radius; -1 when outside every ball).
+    Returns ``(inside (P,) bool, centre (P,) int64)``: the nearest centre among the balls that hold
+    the point (-1 when outside every ball).
     """
     inside = np.zeros(points.shape[0], dtype=bool)
     best = np.full(points.shape[0], np.inf)
@@ -167,8 +170,7 @@ def _inside_balls(centres: torch.Tensor, radii: np.ndarray, points: torch.Tensor
         c64 = centres[torch.from_numpy(ids)].double()
         dist = torch.cdist(c64, p64, compute_mode="donot_use_mm_for_euclid_dist").numpy() / scale  # (c, P)
         r = radii[ids][:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.where(dist <= r, np.where(r > 0, dist / np.where(r > 0, r, 1.0), 0.0), np.inf)
+        rel = np.where(dist <= r, dist, np.inf)
         col_best = rel.min(axis=0)
         arg = ids[rel.argmin(axis=0)]
         better = col_best < best
