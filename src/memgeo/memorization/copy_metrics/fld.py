@@ -83,7 +83,8 @@ def _as_f64(x: Any, name: str) -> torch.Tensor:
 
 def _component_logpdf(d2: torch.Tensor, var: torch.Tensor, dim: int) -> torch.Tensor:
     """``log N(x | g_j, var_j I)`` from squared distances ``d2`` (rows, G)."""
-    return -0.5 * d2 / var[None, :] - 0.5 * dim * (_LOG_2PI + torch.log(var))[None, :]
+    const = (-0.5 * dim * (_LOG_2PI + torch.log(var)))[None, :]
+    return torch.addcmul(const, d2, (-0.5 / var)[None, :])
 
 
 def fit_bandwidths(centres: Any, points: Any, *, min_var: float = 1e-6, background_weight: float = 0.5,
@@ -148,20 +149,25 @@ def fit_bandwidths(centres: Any, points: Any, *, min_var: float = 1e-6, backgrou
         sb_r = sb_rd = 0.0
         total = 0.0
         for rows, d2 in blocks():
-            lp = _component_logpdf(d2, var, dim) + log_w
+            # One exp per entry: e = exp(lp - row max), lse = max + log(sum e (+ background)), r = e / sum.
+            e = _component_logpdf(d2, var, dim).add_(log_w)
+            mx = e.max(dim=1).values
             if use_bg:
                 lb = -0.5 * bg_d2[rows] / bg_var - 0.5 * dim * (_LOG_2PI + math.log(bg_var)) + log_wb
-                lse = torch.logaddexp(torch.logsumexp(lp, dim=1), lb)
-                rb = torch.exp(lb - lse)
+                mx = torch.maximum(mx, lb)
+            e.sub_(mx[:, None]).exp_()
+            se = e.sum(dim=1)
+            if use_bg:
+                eb = torch.exp(lb - mx)
+                se = se + eb
+                rb = eb / se
                 sb_r += float(rb.sum())
                 sb_rd += float((rb * bg_d2[rows]).sum())
-            else:
-                lse = torch.logsumexp(lp, dim=1)
-            r = torch.exp(lp - lse[:, None])
-            s_r += r.sum(dim=0)
-            s_rd += (r * d2).sum(dim=0)
-            total += float(lse.sum())
-            del lp, r
+            e.div_(se[:, None])  # responsibilities r_ij
+            s_r += e.sum(dim=0)
+            s_rd += e.mul_(d2).sum(dim=0)
+            total += float((mx + torch.log(se)).sum())
+            del e
         trace.append(total / (x.shape[0] * dim))
         # M-step; a component no point is responsible for keeps its variance.
         has = s_r > 1e-300
