@@ -93,7 +93,9 @@ def as_points(x: ArrayLike, name: str) -> torch.Tensor:
     else:
         arr = np.asarray(x)
         _check_numeric_dtype(arr.dtype, name)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        # A read-only memory map is copied (torch cannot share non-writable memory).
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.dtype == torch.bool or t.is_complex():
         raise MemgeoError(f"{name} has dtype {t.dtype}", "pass a real-valued float tensor")
     if t.ndim == 0:
