@@ -106,7 +106,7 @@ def test_only_fld_reacts_to_dropped_modes():
     fresh, dropped = _fld(16, "fresh"), _fld(16, "dropped")
     assert abs(fresh.value) < 5
     assert dropped.value > fresh.value + 50  # measured 160 vs -0.3
-    assert dropped.extra["gap"] > -10  # not copying
+    assert dropped.extra["gap"] > -20  # not copying
     assert _ct(16, "dropped").value > -3  # C_T does not flag copying either
 
 
@@ -114,7 +114,8 @@ def test_fld_gap_far_below_zero_only_when_copying():
     gaps = {s: _fld(16, s).extra["gap"] for s in ("fresh", "copies", "noisy", "copies10", "dropped")}
     assert gaps["copies"] < -1000 and gaps["noisy"] < -1000, gaps
     assert gaps["copies10"] < -10, gaps
-    assert abs(gaps["fresh"]) < 5 and gaps["dropped"] > -10, gaps
+    # Dropped modes: seeds 0-3 measured 5.6, -0.2, -3.4, -12.7; 10 % copies about -31 on each.
+    assert abs(gaps["fresh"]) < 5 and gaps["dropped"] > -20, gaps
     # O_j: every copied sample is more memorized than every fresh one, and points at its source row.
     res, tr = _fld(16, "copies10"), _data(16, "copies10")[1]
     assert res.per_sample[tr.is_copy].min() > res.per_sample[~tr.is_copy].max()

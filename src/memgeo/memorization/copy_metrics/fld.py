@@ -38,7 +38,8 @@ The fit stops when the mean training log-likelihood per dimension gains less tha
 
 Memory: every (points x generated) float64 matrix is built in row blocks of at most ``budget_mb``
 MiB (the squared distances are kept between EM steps only when the whole matrix fits the budget), so
-the peak memory does not grow with ``N x G``. Time is ``O(max_iter * N * G * D)``.
+the peak memory (a few such blocks) does not grow with ``N x G``. Time is ``O(n_iter * N * G * D)``
+(n_iter EM steps, each one pass over the blocks); for very large training sets pass a random subset.
 
 The confidence interval of FLD resamples the test points (the fitted mixture fixed); that of the gap
 (``extra["gap_ci"]``) resamples training and test points.

@@ -18,6 +18,7 @@ that share one cached pass (:func:`prdc_counts`) over the (generated x real) dis
 for all four costs one pass; every result carries all four numbers in ``extra``. The real set is the
 training set by default (its distinct rows) or the test set (``reference="test"``); ``k = 5`` by
 default (the value Naeem et al. recommend for density/coverage; Kynkaanniemi et al. used 3).
+The pass is exact and blocked (memory ``budget_mb``), time ``O(G * N * D)``.
 A point exactly at the radius counts as inside (a relative tolerance of 1e-9 absorbs float rounding
 between the cached radii and the block distances). The CIs resample generated samples (precision,
 density) or real samples (recall, coverage), radii fixed.
