@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli.common import Out, Seed, app, load_config
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Seed, Shard, Workers, app,
+                               load_config, scale_options, shard_line)
 from memgeo.cli.output import Json, auroc_text, emit, num
 from memgeo.errors import MemgeoError
 
@@ -171,7 +172,7 @@ def sample(
     emit(json_out, summary, line)
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def sharpness(
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
@@ -185,6 +186,11 @@ def sharpness(
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
     at: Annotated[str, typer.Option(help="scaled (psi_t x) or raw (x as given).")] = "scaled",
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     json_out: Json = False,
     out: Out = Path("runs/sharpness"),
 ) -> None:
@@ -198,7 +204,9 @@ def sharpness(
     cfg = load_config(None, SharpnessRunConfig, dict(model=model, points=str(points), t=t, sigma=sigma, cond=cond,
                                                       labels=str(labels) if labels else None, at=at,
                                                       **_prompt_options(prompt, prompt_file)))
-    summary = run_sharpness(cfg, out)
+    summary = run_sharpness(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        return emit(json_out, summary, shard_line(summary))
     emit(json_out, summary,
          f"sharpness of {summary['n_points']} points at t = {num(summary['t'])} (sigma = {num(summary['sigma'])}): "
          f"mean {num(summary['mean_sharpness'])}; on average {num(summary['mean_n_flat'], 3)} flat and "
@@ -214,7 +222,7 @@ def _t0(value: str | None) -> float | str | None:
         raise MemgeoError(f"--t0 {value!r} is neither a number nor 'auto'", "e.g. --t0 0.05") from None
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def lid(
     points: Annotated[Path, typer.Option(help=".npy file of points, (N, D) or (N, C, H, W).")],
     estimator: Annotated[str, typer.Option(help="flipd, fpregress, normal_bundle (need a diffusion --model); "
@@ -233,6 +241,11 @@ def lid(
                                            "[default: none (unconditional)]")] = None,
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     json_out: Json = False,
     out: Out = Path("runs/lid"),
 ) -> None:
@@ -247,14 +260,16 @@ def lid(
     cfg = load_config(None, LIDRunConfig, dict(points=str(points), estimator=estimator, model=model, data=data,
                                                 params={a: b for a, b in params.items() if b is not None}, cond=cond,
                                                 **_prompt_options(prompt, prompt_file)))
-    summary = run_lid(cfg, out)
+    summary = run_lid(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        return emit(json_out, summary, shard_line(summary))
     line = f"LID ({summary['estimator']}) of {summary['n_points']} points: mean {num(summary['mean'], 3)}"
     if summary.get("t0_used") is not None:
         line += f" at t0 = {num(summary['t0_used'])}"
     emit(json_out, summary, line + f"; per point in {out / 'lid.csv'}")
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def audit(
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     points: Annotated[Path, typer.Option(help=".npy of generated samples.")],
@@ -274,6 +289,11 @@ def audit(
                                                   "reference's typical LID, see docs]")] = None,
     data_low: Annotated[float, typer.Option(help="LID_data below this makes it DD-Mem. [default: relative to the "
                                                  "reference's typical LID, see docs]")] = None,
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     json_out: Json = False,
     out: Out = Path("runs/audit"),
 ) -> None:
@@ -288,7 +308,9 @@ def audit(
         model=model, points=str(points), train_data=train_data, reference=reference,
         labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
         model_low=model_low, data_low=data_low, **_prompt_options(prompt, prompt_file)))
-    summary = run_audit(cfg, out)
+    summary = run_audit(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        return emit(json_out, summary, shard_line(summary))
     emit(json_out, {k: v for k, v in summary.items() if k != "detection"}, _audit_lines(summary, out))
 
 
@@ -315,6 +337,7 @@ from memgeo.cli import collapse as _collapse_commands  # noqa: E402,F401
 from memgeo.cli import detect as _detect_commands  # noqa: E402,F401
 from memgeo.cli import families as _families_commands  # noqa: E402,F401
 from memgeo.cli import mitigate as _mitigate_commands  # noqa: E402,F401
+from memgeo.cli import scale as _scale_commands  # noqa: E402,F401
 
 
 def main() -> None:

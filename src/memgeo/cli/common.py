@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 from pydantic import BaseModel, ValidationError
 
 from memgeo.errors import MemgeoError
@@ -24,6 +25,60 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Out = Annotated[Path, typer.Option("--out", help="Output folder (created; files are written atomically).")]
 Seed = Annotated[int, typer.Option(help="Random seed (recorded in provenance.json).")]
+
+# Scale-out options of the audit commands (docs/scale.md), shown together in one help panel.
+SCALE_PANEL = "Scale-out"
+Shard = Annotated[str, typer.Option("--shard", metavar="I/N", rich_help_panel=SCALE_PANEL,
+                                    help="Run only slice I of N (I from 0, e.g. $SLURM_ARRAY_TASK_ID/"
+                                         "$SLURM_ARRAY_TASK_COUNT) into OUT/shards/part-I-of-N.parquet; a finished "
+                                         "shard is skipped; `memgeo merge OUT` writes the results. [default: all]")]
+Engine = Annotated[str, typer.Option("--engine", rich_help_panel=SCALE_PANEL,
+                                     help="local (this process) or ray (Ray Data actors, one model each; needs "
+                                          "the [ray] extra). [default: local]")]
+Address = Annotated[str, typer.Option("--address", rich_help_panel=SCALE_PANEL,
+                                      help="Ray cluster address (e.g. auto or ray://HEAD:10001). [default: start "
+                                           "a local Ray instance]")]
+Workers = Annotated[int, typer.Option("--workers", rich_help_panel=SCALE_PANEL,
+                                      help="Ray actors, each holding one copy of the model. [default: the "
+                                           "cluster's CPUs, or GPUs / --gpus-per-worker]")]
+GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", rich_help_panel=SCALE_PANEL,
+                                              help="GPUs per Ray actor (fractions share a GPU). [default: 0]")]
+
+
+class PanelCommand(TyperCommand):
+    """A command whose plain-text help lists options with a ``rich_help_panel`` in their own section
+    (e.g. "Scale-out:") after the others; the app renders help without rich (``rich_markup_mode=None``),
+    where typer would put every option under "Options"."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx)
+            if rec is None or param.param_type_name != "option":
+                continue
+            sections.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(rec)
+        for name in ["Options"] + [k for k in sections if k != "Options"]:
+            if sections.get(name):
+                with formatter.section(name):
+                    formatter.write_dl(sections[name])
+
+
+def scale_options(shard: str | None, engine: str | None, address: str | None, workers: int | None,
+                  gpus_per_worker: float | None) -> Any:
+    """The validated :class:`memgeo.workflows.items.ScaleOptions` of the Scale-out options."""
+    from memgeo.workflows.items import scale_options as build
+
+    return build(shard, engine, address, workers, gpus_per_worker)
+
+
+def shard_line(summary: dict[str, Any]) -> str | None:
+    """The line a shard run prints instead of the command's results, or ``None`` for a whole run."""
+    if "shard" not in summary or "command" not in summary:
+        return None
+    if summary.get("skipped"):
+        return f"shard {summary['shard']} was already finished: {summary['path']} (nothing done)"
+    return (f"shard {summary['shard']}: {summary['n_items']} items in {summary['path']}; when every shard is "
+            f"done, run `memgeo merge` on the --out folder(s)")
 
 
 def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, Any]) -> BaseModel:
@@ -53,4 +108,5 @@ def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, An
         raise MemgeoError(f"invalid option {loc}: {err['msg']}", "see --help for allowed values") from exc
 
 
-__all__ = ["Out", "Seed", "app", "load_config"]
+__all__ = ["Address", "Engine", "GpusPerWorker", "Out", "PanelCommand", "SCALE_PANEL", "Seed", "Shard", "Workers", "app",
+           "load_config", "scale_options", "shard_line"]

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli.common import Out, app, load_config
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
+                               scale_options, shard_line)
 from memgeo.cli.output import Json, auroc_text, emit, num
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def detect(
     model: Annotated[str, typer.Option(help="Caption-model checkpoint or diffusers pipeline folder (SD 1.x/2.x, "
                                             "SDXL, SD3).")],
@@ -61,6 +62,11 @@ def detect(
                                               "[default: none]")] = None,
     seed: Annotated[int, typer.Option(help="Base seed: prompt i uses its file's seed field, else seed + i "
                                            "(shared seeding: every prompt uses seed). [default: 0]")] = None,
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     json_out: Json = False,
     out: Out = Path("runs/detect"),
 ) -> None:
@@ -120,7 +126,10 @@ def detect(
     cfg = cfg.model_copy(update={"score_params": {k: v for k, v in merged.items() if k in chosen}})
     if attribution is not None:
         cfg = cfg.model_copy(update={"attribution_score": None if attribution.lower() == "none" else attribution})
-    summary = run_detect(cfg, out)
+    summary = run_detect(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        emit(json_out, summary, shard_line(summary))
+        return
     brief = {r["score"]: {k: r.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "evals_per_prompt")}
              for r in summary["table"]}
     emit(json_out, {"n_prompts": summary["n_prompts"], "scores": brief}, _detect_lines(summary, out))

@@ -8,6 +8,7 @@ condition options (class labels or prompts) into the ``cond`` tensor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from memgeo.data import load_dataset, load_points, load_prompts, replace_class_w
 from memgeo.errors import MemgeoError
 from memgeo.geometry import sharpness_spectrum
 from memgeo.geometry.jacobian import check_points
-from memgeo.geometry.sharpness import resolve_time
+from memgeo.geometry.sharpness import SharpnessResult, resolve_time
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization import label_copies
 from memgeo.models import MLPConfig, TrainConfig, UNetConfig, get_sampler, load, train
@@ -36,6 +37,7 @@ from memgeo.workflows.common import (
     say,
     start_run,
 )
+from memgeo.workflows.items import Item, ItemCommand, ItemRow, Plan, ScaleOptions, run_items, units_of
 
 
 # ------------------------------------------------------------------------------------------- conditions
@@ -389,14 +391,16 @@ class SharpnessRunConfig(BaseModel):
     chunk_size: int = Field(32, ge=1)
 
 
-@run_command
-def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
-    """Hessian spectra at the given points; writes ``sharpness.json`` and ``sharpness.csv``.
+@dataclass
+class _SharpnessState:
+    model: DiffusionModel
+    t: float
+    points: torch.Tensor
+    cond: torch.Tensor | None
 
-    ``sharpness.json`` holds ``t``, ``sigma``, ``flat_threshold`` and ``points``: per point (in file
-    order) ``eigenvalues_sigma2`` (sorted ascending), ``n_positive``, ``n_flat``, ``sharpness`` and
-    ``asymmetry``.
-    """
+
+def prepare_sharpness(cfg: SharpnessRunConfig) -> Plan:
+    """Validate, load the model and points; items are the points (id ``iNNNNNN``), units of ``chunk_size``."""
     model = load(cfg.model)
     t = resolve_time(model, cfg.t, cfg.sigma)
     pts = load_points(cfg.points)
@@ -404,10 +408,33 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     check_point_shape(model, pts)
     cond, _ = model_conditions(model, pts.shape[0], cond=cfg.cond, labels=cfg.labels, prompts=cfg.prompts,
                                prompt_file=cfg.prompt_file)
-    out = start_run(out, cfg, None)
-    say(f"sharpness of {pts.shape[0]} points at t={t:.4f} with {cfg.model}")
-    res = sharpness_spectrum(model, pts.to(model_dtype(model)), t, cond=cond, at=cfg.at,
-                             chunk_size=cfg.chunk_size)
+    items = [Item(f"i{k:06d}", k) for k in range(pts.shape[0])]
+    return Plan(cfg, units_of(items, cfg.chunk_size), _SharpnessState(model, t, pts, cond))
+
+
+def score_sharpness(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """Spectra of one chunk of points: the eigenvalues as the row's array, t, sigma, asymmetry as data."""
+    st: _SharpnessState = plan.payload
+    idx = torch.tensor([it.index for it in unit])
+    res = sharpness_spectrum(st.model, st.points[idx].to(model_dtype(st.model)), st.t,
+                             cond=None if st.cond is None else st.cond[idx], at=plan.cfg.at,
+                             chunk_size=plan.cfg.chunk_size)
+    return [ItemRow(it.id, it.index, {"t": float(res.t[j]), "sigma": float(res.sigma[j]),
+                                      "asymmetry": float(res.asymmetry[j]), "flat_threshold": res.flat_threshold},
+                    res.eigenvalues_sigma2[j].detach().cpu().numpy())
+            for j, it in enumerate(unit)]
+
+
+def finalize_sharpness(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """sharpness.json, sharpness.csv and the report from the rows in point order."""
+    cfg: SharpnessRunConfig = plan.cfg
+    eig = torch.from_numpy(np.stack([r.array for r in rows]))
+    res = SharpnessResult(t=torch.tensor([r.data["t"] for r in rows], dtype=eig.dtype),
+                          sigma=torch.tensor([r.data["sigma"] for r in rows], dtype=eig.dtype), eigenvalues_sigma2=eig,
+                          asymmetry=torch.tensor([r.data["asymmetry"] for r in rows], dtype=eig.dtype),
+                          flat_threshold=rows[0].data["flat_threshold"])
+    t = plan.payload.t
+    say(f"sharpness of {len(rows)} points at t={t:.4f} with {cfg.model}")
     records = [{"index": i, **r} for i, r in enumerate(res.to_records())]
     result = {"model": cfg.model, "points": records, "t": t, "sigma": float(res.sigma[0]),
               "flat_threshold": res.flat_threshold, "evaluated_at": cfg.at, "n_points": len(records)}
@@ -425,3 +452,19 @@ def run_sharpness(cfg: SharpnessRunConfig, out: str | Path) -> dict[str, Any]:
     report.add_json(cfg, heading="Resolved config")
     report.write(out / "report.html")
     return summary
+
+
+SHARPNESS_ITEMS = ItemCommand(name="sharpness", ref="memgeo.workflows.commands:SHARPNESS_ITEMS",
+                              config=SharpnessRunConfig, prepare=prepare_sharpness, score_batch=score_sharpness,
+                              finalize=finalize_sharpness, noun="points")
+
+
+@run_command
+def run_sharpness(cfg: SharpnessRunConfig, out: str | Path, *, scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Hessian spectra at the given points; writes ``sharpness.json`` and ``sharpness.csv``.
+
+    ``sharpness.json`` holds ``t``, ``sigma``, ``flat_threshold`` and ``points``: per point (in file
+    order) ``eigenvalues_sigma2`` (sorted ascending), ``n_positive``, ``n_flat``, ``sharpness`` and
+    ``asymmetry``. ``scale``: ``--shard I/N`` / ``--engine ray`` (:mod:`memgeo.workflows.items`).
+    """
+    return run_items(SHARPNESS_ITEMS, prepare_sharpness(cfg), out, scale, progress=False)

@@ -27,14 +27,13 @@ import copy
 import hashlib
 import json
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from memgeo.data.prompt_sets import prompt_provenance, resolve_prompts
 from memgeo.data.prompts import PromptEntry
@@ -64,9 +63,8 @@ from memgeo.workflows.common import (
     figure_to_report,
     previous_config,
     run_command,
-    say,
-    start_run,
 )
+from memgeo.workflows.items import Item, ItemCommand, ItemRow, Plan, RowCache, ScaleOptions, run_items, units_of
 
 DEFAULT_SCORES = ("wen", "jeon", "jeon_vjp", "asthana", "hessian_diff", "sharpness")
 # Side outputs whose sign is part of their definition (higher = memorized), evaluated as well.
@@ -279,25 +277,24 @@ def _check_resume(out: Path, cfg: DetectConfig) -> None:
                           "choose a new --out, or rerun with the same model, prompts, scores and options")
 
 
-@run_command
-def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionModel | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Score every prompt of ``cfg.prompts`` (resuming finished ones), evaluate and write the report.
+@dataclass
+class _DetectState:
+    """What scoring and finalizing a detection run need besides its config (the plan's payload)."""
 
-    Parameters
-    ----------
-    cfg : DetectConfig
-    out : path
-        Run folder; rerunning with the same folder and options resumes.
-    model : PromptDiffusionModel, optional
-        An already loaded model (API use); ``cfg.model`` is loaded otherwise.
+    model: PromptDiffusionModel
+    entries: list[PromptEntry]
+    labels: np.ndarray | None
+    seeds: list[int]
+    train: torch.Tensor | None
+    key: str
 
-    Returns
-    -------
-    dict
-        summary.json's content.
+
+def prepare_detect(cfg: DetectConfig, model: PromptDiffusionModel | None = None) -> Plan:
+    """Validate the options, load the model and list the prompts as work items (no file is written).
+
+    Items are the prompts in file order, id ``pNNNNNN-sSEED`` (prompt index, noise seed); units are the
+    fixed chunks ``[k * batch_prompts, (k + 1) * batch_prompts)``, the batches a plain run scores.
     """
-    out = Path(out)
     check_clip(cfg)
     scores = tuple(parse_score_names(list(cfg.scores)))
     cfg = cfg.model_copy(update={"scores": scores})
@@ -325,31 +322,71 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionMode
     train = _load_train(cfg.train_data, model) if cfg.train_data else None
     if cfg.attribution_score is not None:
         get_prompt_score(cfg.attribution_score)
-    _check_resume(out, cfg)
-    start_run(out, cfg, cfg.seed, n_prompts=len(entries))
-    key = _config_key(cfg)
+    items = [Item(f"p{i:06d}-s{seeds[i]}", i) for i in range(len(entries))]
+    state = _DetectState(model, entries, labels, seeds, train, _config_key(cfg))
+    return Plan(cfg, units_of(items, cfg.batch_prompts), state, cfg.seed, {"n_prompts": len(entries)})
 
-    n = len(entries)
-    records: list[dict[str, Any] | None] = [
-        _read_record(_record_path(out, i), i, entries[i].prompt, key, scores) for i in range(n)]
-    done = sum(r is not None for r in records)
-    if done:
-        say(f"resuming: {done} of {n} prompts already scored in {out / 'prompts'}")
-    bar = tqdm(total=n, initial=done, desc="scoring prompts", disable=not progress)
-    t0 = time.perf_counter()
-    for start in range(0, n, cfg.batch_prompts):
-        idx = list(range(start, min(start + cfg.batch_prompts, n)))
-        if all(records[i] is not None for i in idx):
-            continue
-        fresh = _compute_chunk(model, cfg, [entries[i] for i in idx], idx, [seeds[i] for i in idx], train, key)
-        for i, rec in zip(idx, fresh):
-            if records[i] is None:  # an already finished record stays as it was written
-                write_json(_record_path(out, i), rec)
-                records[i] = rec
-                bar.update(1)
-    bar.close()
-    say(f"scored {n} prompts x {cfg.generations} generation(s) in {time.perf_counter() - t0:.1f} s")
-    return _finish(out, cfg, model, entries, records, labels, seeds)
+
+def score_detect(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """The records of one chunk of prompts (pure: the same chunk gives the same records)."""
+    st: _DetectState = plan.payload
+    idx = [it.index for it in unit]
+    recs = _compute_chunk(st.model, plan.cfg, [st.entries[i] for i in idx], idx, [st.seeds[i] for i in idx],
+                          st.train, st.key)
+    return [ItemRow(it.id, it.index, rec) for it, rec in zip(unit, recs)]
+
+
+def _read_cached(out: Path, plan: Plan, unit: list[Item]) -> dict[str, ItemRow]:
+    st: _DetectState = plan.payload
+    found = {}
+    for it in unit:
+        rec = _read_record(_record_path(out, it.index), it.index, st.entries[it.index].prompt, st.key, plan.cfg.scores)
+        if rec is not None:
+            found[it.id] = ItemRow(it.id, it.index, rec)
+    return found
+
+
+def _write_cached(out: Path, plan: Plan, rows: list[ItemRow]) -> None:
+    for r in rows:
+        write_json(_record_path(out, r.index), r.data)
+
+
+def finalize_detect(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """scores.csv, scores_per_generation.csv, summary.json, attribution and report from the records in order."""
+    st: _DetectState = plan.payload
+    return _finish(Path(out), plan.cfg, st.model, st.entries, [r.data for r in rows], st.labels, st.seeds)
+
+
+DETECT_ITEMS = ItemCommand(
+    name="detect", ref="memgeo.workflows.detect:DETECT_ITEMS", config=DetectConfig, prepare=prepare_detect,
+    score_batch=score_detect, finalize=finalize_detect, noun="prompts",
+    before_start=lambda plan, out: _check_resume(Path(out), plan.cfg),
+    cache=RowCache(read=_read_cached, write=_write_cached))
+
+
+@run_command
+def run_detect(cfg: DetectConfig, out: str | Path, *, model: PromptDiffusionModel | None = None,
+               progress: bool = True, scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Score every prompt of ``cfg.prompts`` (resuming finished ones), evaluate and write the report.
+
+    Parameters
+    ----------
+    cfg : DetectConfig
+    out : path
+        Run folder; rerunning with the same folder and options resumes.
+    model : PromptDiffusionModel, optional
+        An already loaded model (API use); ``cfg.model`` is loaded otherwise (Ray actors always load it).
+    scale : ScaleOptions, optional
+        ``--shard I/N`` (one slice into ``out/shards/``; ``memgeo merge`` finishes) and/or
+        ``--engine ray`` (:mod:`memgeo.workflows.items`).
+
+    Returns
+    -------
+    dict
+        summary.json's content (a shard run: the shard's summary).
+    """
+    plan = prepare_detect(cfg, model)
+    return run_items(DETECT_ITEMS, plan, out, scale, progress=progress)
 
 
 def _finish(out: Path, cfg: DetectConfig, model: PromptDiffusionModel, entries: list[PromptEntry],

@@ -7,6 +7,7 @@ Models are loaded by :func:`memgeo.models.load` (any kind); conditions come from
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ from memgeo.workflows.common import (
     figure_to_report,
     run_command,
     say,
-    start_run,
 )
+from memgeo.workflows.items import Item, ItemCommand, ItemRow, Plan, ScaleOptions, run_items, units_of
 
 
 class LIDRunConfig(BaseModel):
@@ -58,6 +59,8 @@ class LIDRunConfig(BaseModel):
     cond: int | None = None
     prompts: tuple[str, ...] = ()
     prompt_file: str | None = None
+    #: Points estimated in one call (the work unit of plain, sharded and Ray runs alike).
+    batch_points: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _source(self) -> "LIDRunConfig":
@@ -130,9 +133,24 @@ def _finite(values: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(values.double(), posinf=torch.finfo(torch.float64).max)
 
 
-@run_command
-def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
-    """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``."""
+@dataclass
+class _LIDState:
+    estimator_params: dict[str, Any]
+    model: Any
+    points: torch.Tensor
+    reference: torch.Tensor | None
+    cond: torch.Tensor | None
+    fitted: LIDEstimator | None  # a data-based estimator fitted once on the reference
+
+
+def _whole_batch_lid(cfg: "LIDRunConfig") -> bool:
+    """FLIPD-type ``t0="auto"`` picks one t0 from the LID-vs-t0 curve of all points at once."""
+    return cfg.params.get("t0") == "auto"
+
+
+def prepare_lid(cfg: "LIDRunConfig") -> Plan:
+    """Validate, load model / reference / points; items are the points (``iNNNNNN``), units of ``batch_points``
+    (all points in one unit for ``t0="auto"``). A data-based estimator is fitted here, once."""
     pts = load_points(cfg.points)
     est = build_estimator(cfg.estimator, cfg.params)
     # sd2015 has a score but no decoder: measured as a diffusion model (FLIPD) through its adapter
@@ -151,22 +169,74 @@ def run_lid(cfg: LIDRunConfig, out: str | Path) -> dict[str, Any]:
         raise MemgeoError("points and --data have different dimensions", "pass points of the data's dimension")
     cond = (model_conditions(model, pts.shape[0], cond=cfg.cond, prompts=cfg.prompts, prompt_file=cfg.prompt_file)[0]
             if model is not None and not isinstance(model, Generator) else None)
-    out = start_run(out, cfg, None)
-    say(f"LID ({est!r}) of {pts.shape[0]} points")
-    lid = estimate_lid(est, pts, model=model, reference=reference, cond=cond)
-    result = {"estimator": cfg.estimator, "params": est.params(), "lid": lid.tolist(), "n_points": int(lid.numel()),
-              "mean": float(lid.mean()), "t0_used": getattr(est, "t0_", None)}
+    fitted = est.fit(reference) if isinstance(est, DataLIDEstimator) else None
+    items = [Item(f"i{k:06d}", k) for k in range(pts.shape[0])]
+    size = len(items) if _whole_batch_lid(cfg) else cfg.batch_points
+    return Plan(cfg, units_of(items, size), _LIDState(est.params(), model, pts, reference, cond, fitted))
+
+
+def _check_split_lid(plan: Plan) -> None:
+    if _whole_batch_lid(plan.cfg):
+        raise MemgeoError("--t0 auto picks one t0 from all points together, so the run cannot be split "
+                          "(--shard / --engine ray)", "pass the t0 (e.g. the t0_used of a plain auto run on a subset)")
+
+
+def score_lid(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """LID of one unit of points (a fresh estimator per unit, seeded as configured)."""
+    cfg: LIDRunConfig = plan.cfg
+    st: _LIDState = plan.payload
+    idx = torch.tensor([it.index for it in unit])
+    pts = st.points[idx]
+    if st.fitted is not None:
+        est: LIDEstimator = st.fitted
+        lid = torch.as_tensor(est.estimate(pts)).double()
+    else:
+        est = build_estimator(cfg.estimator, cfg.params)
+        lid = estimate_lid(est, pts, model=st.model, reference=st.reference,
+                           cond=None if st.cond is None else st.cond[idx])
+    data: list[dict[str, Any]] = [{"lid": float(v), "t0_used": getattr(est, "t0_", None)} for v in lid]
     res = getattr(est, "result_", None)
     if res is not None and hasattr(res, "ci_low") and res.ci_low.shape[0] == 1:
-        result["ci_low"], result["ci_high"] = res.ci_low[0].tolist(), res.ci_high[0].tolist()
+        for d, lo, hi in zip(data, res.ci_low[0].tolist(), res.ci_high[0].tolist()):
+            d.update(ci_low=lo, ci_high=hi)
     if isinstance(est, GeneratorLID):
-        result["latent_source"] = est.result_.latent_source
-        result["pushforward_log_density"] = _finite(est.result_.log_density).tolist()
-        result["reconstruction_error"] = est.result_.reconstruction_error.tolist()
+        for d, ld, rec in zip(data, _finite(est.result_.log_density).tolist(), est.result_.reconstruction_error.tolist()):
+            d.update(latent_source=est.result_.latent_source, pushforward_log_density=ld, reconstruction_error=rec)
+    return [ItemRow(it.id, it.index, d) for it, d in zip(unit, data)]
+
+
+def finalize_lid(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """lid.json, lid.csv and the report from the rows in point order."""
+    cfg: LIDRunConfig = plan.cfg
+    say(f"LID ({cfg.estimator}) of {len(rows)} points")
+    lid = torch.tensor([r.data["lid"] for r in rows], dtype=torch.float64)
+    result = {"estimator": cfg.estimator, "params": plan.payload.estimator_params, "lid": lid.tolist(),
+              "n_points": int(lid.numel()), "mean": float(lid.mean()), "t0_used": rows[0].data["t0_used"]}
+    if "ci_low" in rows[0].data:
+        result["ci_low"], result["ci_high"] = [r.data["ci_low"] for r in rows], [r.data["ci_high"] for r in rows]
+    if "latent_source" in rows[0].data:
+        result["latent_source"] = rows[0].data["latent_source"]
+        result["pushforward_log_density"] = [r.data["pushforward_log_density"] for r in rows]
+        result["reconstruction_error"] = [r.data["reconstruction_error"] for r in rows]
     write_json(out / "lid.json", result)
     write_csv(out / "lid.csv", [{"index": i, "lid": float(v)} for i, v in enumerate(lid)])
     _lid_report(out, cfg, result, lid.numpy())
     return {k: v for k, v in result.items() if k not in ("lid", "ci_low", "ci_high")}
+
+
+LID_ITEMS = ItemCommand(name="lid", ref="memgeo.workflows.lid_runs:LID_ITEMS", config=LIDRunConfig,
+                        prepare=prepare_lid, score_batch=score_lid, finalize=finalize_lid, noun="points",
+                        check_split=_check_split_lid)
+
+
+@run_command
+def run_lid(cfg: LIDRunConfig, out: str | Path, *, scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Write ``lid.json`` (``lid``: list in point order, plus estimator, params, t0 used) and ``lid.csv``.
+
+    Points are estimated in units of ``cfg.batch_points`` (one unit for ``t0="auto"``), the same in a
+    plain run, a shard (``--shard I/N``) and on Ray (``--engine ray``): :mod:`memgeo.workflows.items`.
+    """
+    return run_items(LID_ITEMS, prepare_lid(cfg), out, scale, progress=False)
 
 
 class AuditConfig(BaseModel):
@@ -190,17 +260,26 @@ class AuditConfig(BaseModel):
     lid_data_params: dict[str, Any] = Field(default_factory=dict)
     model_low: float | None = None
     data_low: float | None = None
+    #: Samples scored in one call (the work unit of plain, sharded and Ray runs alike).
+    batch_points: int = Field(256, ge=1)
 
 
-@run_command
-def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
-    """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
-    (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report.
+@dataclass
+class _AuditState:
+    model: Any
+    points: torch.Tensor
+    is_gen: bool
+    ref_spec: str
+    reference: torch.Tensor
+    data_est: DataLIDEstimator  # fitted on the reference
+    cond: torch.Tensor | None
+    row_prompts: list[str] | None
+    train_x: torch.Tensor | None
 
-    A generator checkpoint (vae, gsvae, gan, wgan-gp) is measured by :class:`GeneratorLID` instead:
-    LID_model is the rank of J_G(z) and the ``sharpness`` column holds the pushforward log-density
-    (``summary["sharpness_kind"]`` says which). An sd2015 checkpoint is wrapped in
-    :class:`~memgeo.models.sd2015_adapter.SD2015ScoreModel` and audited like a diffusion model."""
+
+def prepare_audit(cfg: "AuditConfig") -> Plan:
+    """Validate, load model / points / data, fit LID_data's estimator on the reference once; items are the
+    points (``iNNNNNN``) in units of ``batch_points``."""
     data_est = build_estimator(cfg.lid_data, cfg.lid_data_params)  # a bad name fails before the model loads
     if not isinstance(data_est, DataLIDEstimator):
         raise MemgeoError(f"--lid-data {cfg.lid_data!r} needs a model", "use a model-free estimator (lpca, mle, twonn, cfdm)")
@@ -223,46 +302,91 @@ def run_audit(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
         if data is not None and data[0].numel() != pts[0].numel():
             raise MemgeoError(f"{what} has points of shape {tuple(data.shape[1:])} but --points have "
                               f"{tuple(pts.shape[1:])}", "pass data of the samples' dimension")
-    out = start_run(out, cfg, None)
-    x = pts.to(model_dtype(model))
-    if is_gen:  # LID_model = rank of J_G(z); the pushforward log-density stands in for sharpness
-        say(f"audit of {pts.shape[0]} samples: generator-Jacobian LID and pushforward density, LID_data ({cfg.lid_data})")
+    data_est.fit(reference)
+    items = [Item(f"i{k:06d}", k) for k in range(pts.shape[0])]
+    state = _AuditState(model, pts, is_gen, ref_spec, reference, data_est, cond, row_prompts, train_x)
+    return Plan(cfg, units_of(items, cfg.batch_points), state)
+
+
+def score_audit(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """Sharpness (or pushforward density), LID_model and LID_data of one unit of points."""
+    cfg: AuditConfig = plan.cfg
+    st: _AuditState = plan.payload
+    idx = torch.tensor([it.index for it in unit])
+    pts = st.points[idx]
+    x = pts.to(model_dtype(st.model))
+    cond = None if st.cond is None else st.cond[idx]
+    if st.is_gen:  # LID_model = rank of J_G(z); the pushforward log-density stands in for sharpness
         gen_est = GeneratorLID()
-        lid_model = estimate_lid(gen_est, x, model=model)
+        lid_model = estimate_lid(gen_est, x, model=st.model)
         sharp_score = _finite(gen_est.result_.log_density)
         n_flat = gen_est.result_.singular_values.shape[1] - lid_model.long()  # collapsed latent directions
     else:
-        say(f"audit of {pts.shape[0]} samples: sharpness, FLIPD(t0={cfg.t0}), LID_data ({cfg.lid_data})")
-        sharp = sharpness_spectrum(model, x, cfg.sharpness_t, cond=cond)
+        sharp = sharpness_spectrum(st.model, x, cfg.sharpness_t, cond=cond)
         sharp_score, n_flat = sharp.sharpness, sharp.n_flat
-        lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=model, cond=cond)
-    lid_data = estimate_lid(data_est, pts, reference=reference)
-    typical = reference_typical_lid(data_est, reference)
+        lid_model = estimate_lid(get_lid_estimator("flipd", t0=cfg.t0), x, model=st.model, cond=cond)
+    lid_data = torch.as_tensor(st.data_est.estimate(pts)).double()
+    return [ItemRow(it.id, it.index, {"sharpness": float(sharp_score[j]), "n_flat": int(n_flat[j]),
+                                      "lid_model": float(lid_model[j]), "lid_data": float(lid_data[j])})
+            for j, it in enumerate(unit)]
+
+
+def finalize_audit(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """MMH labels (thresholds from all points), copies, detection AUROCs, audit.json / audit.csv and report."""
+    cfg: AuditConfig = plan.cfg
+    st: _AuditState = plan.payload
+    is_gen = st.is_gen
+    say(f"audit of {len(rows)} samples: " + ("generator-Jacobian LID and pushforward density" if is_gen
+                                             else f"sharpness, FLIPD(t0={cfg.t0})") + f", LID_data ({cfg.lid_data})")
+    sharp_score = np.array([r.data["sharpness"] for r in rows], dtype=float)
+    lid_model = torch.tensor([r.data["lid_model"] for r in rows], dtype=torch.float64)
+    lid_data = torch.tensor([r.data["lid_data"] for r in rows], dtype=torch.float64)
+    typical = reference_typical_lid(st.data_est, st.reference)
     audit = mmh_audit(lid_model, lid_data, MMHThresholds(model_low=cfg.model_low, data_low=cfg.data_low,
                                                          typical=typical))
-    rows = [{"index": i, **({} if row_prompts is None else {"prompt": row_prompts[i]}),
-             "sharpness": float(sharp_score[i]), "n_flat": int(n_flat[i]), **r}
-            for i, r in enumerate(audit.to_rows())]
-    summary: dict[str, Any] = {"n": len(rows), "mmh": audit.summary(), "t0": cfg.t0, "sharpness_t": cfg.sharpness_t,
-                               "lid_data_estimator": cfg.lid_data, "reference_typical_lid": typical,
+    out_rows = [{"index": i, **({} if st.row_prompts is None else {"prompt": st.row_prompts[i]}),
+                 "sharpness": float(sharp_score[i]), "n_flat": int(rows[i].data["n_flat"]), **r}
+                for i, r in enumerate(audit.to_rows())]
+    summary: dict[str, Any] = {"n": len(out_rows), "mmh": audit.summary(), "t0": cfg.t0,
+                               "sharpness_t": cfg.sharpness_t, "lid_data_estimator": cfg.lid_data,
+                               "reference_typical_lid": typical,
                                "lid_model_estimator": "generator_jacobian" if is_gen else "flipd",
                                "sharpness_kind": "pushforward_log_density" if is_gen else "score_jacobian"}
     is_copy = None
     if cfg.train_data:
-        copies = label_copies(pts, train_x)
+        copies = label_copies(st.points, st.train_x)
         is_copy = copies.is_copy
-        for r, c in zip(rows, copies.to_rows()):
+        for r, c in zip(out_rows, copies.to_rows()):
             r.update({"is_copy": c["is_copy"], "d1": c["d1"], "d2": c["d2"]})
         summary["copies"] = copies.summary()
         summary["detection"] = {
-            "sharpness": evaluate_or_reason(np.asarray(sharp_score, dtype=float), is_copy, "sharpness"),
+            "sharpness": evaluate_or_reason(sharp_score, is_copy, "sharpness"),
             "-lid_model": evaluate_or_reason(-audit.lid_model, is_copy, "-lid_model"),
             "deficit": evaluate_or_reason(audit.deficit, is_copy, "deficit")}
         summary["labels_of_copies"] = {k: int(((audit.label == k) & is_copy).sum()) for k in MMH_LABELS}
-    write_json(out / "audit.json", {**summary, "samples": rows})
-    write_csv(out / "audit.csv", rows)
-    _audit_report(out, cfg, ref_spec, audit, rows, summary, is_copy)
+    write_json(out / "audit.json", {**summary, "samples": out_rows})
+    write_csv(out / "audit.csv", out_rows)
+    _audit_report(out, cfg, st.ref_spec, audit, out_rows, summary, is_copy)
     return summary
+
+
+AUDIT_ITEMS = ItemCommand(name="audit", ref="memgeo.workflows.lid_runs:AUDIT_ITEMS", config=AuditConfig,
+                          prepare=prepare_audit, score_batch=score_audit, finalize=finalize_audit, noun="samples")
+
+
+@run_command
+def run_audit(cfg: AuditConfig, out: str | Path, *, scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Per sample: copy label (with ``train_data``), sharpness, FLIPD, LID_data on the reference
+    (default: the training data), MMH label. Writes ``audit.json``, ``audit.csv``, figures, report.
+
+    A generator checkpoint (vae, gsvae, gan, wgan-gp) is measured by :class:`GeneratorLID` instead:
+    LID_model is the rank of J_G(z) and the ``sharpness`` column holds the pushforward log-density
+    (``summary["sharpness_kind"]`` says which). An sd2015 checkpoint is wrapped in
+    :class:`~memgeo.models.sd2015_adapter.SD2015ScoreModel` and audited like a diffusion model.
+
+    Per-sample quantities are computed in units of ``cfg.batch_points`` (the same in a plain run, a
+    shard and on Ray); the MMH thresholds, copies and AUROCs use all samples (``finalize``)."""
+    return run_items(AUDIT_ITEMS, prepare_audit(cfg), out, scale, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
