@@ -36,6 +36,7 @@ miss with :func:`approximate_recall`.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,22 @@ def _is_float64(x: np.ndarray | torch.Tensor) -> bool:
     return x.dtype in (torch.float64, np.float64)
 
 
+def _release_pages(arr: np.ndarray) -> None:
+    """Unmap the resident pages of a memory-mapped array after a block was copied out of it.
+
+    The pages stay in the OS page cache (a later read is fast) but no longer count in this process's
+    resident memory, so scanning a 3 GB memory map keeps the RSS at about one block. Skipped for
+    copy-on-write maps (``mode="c"``), whose private changes ``MADV_DONTNEED`` would discard.
+    """
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or getattr(arr, "mode", "c") == "c" or not hasattr(mm, "madvise"):
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _np_dtype(work: torch.dtype) -> type:
     return np.float64 if work == torch.float64 else np.float32
 
@@ -295,6 +312,7 @@ class NeighborIndex:
         else:
             # A copy in RAM (also of a memory map's rows), in the working dtype.
             blk = torch.from_numpy(np.array(ref[start:stop], dtype=_np_dtype(work)))
+            _release_pages(ref)
         blk = blk.to(self.device).contiguous()
         self._check_block_finite(blk, start)
         if start == 0 and stop == self.n:
@@ -317,6 +335,7 @@ class NeighborIndex:
             rows = ref[torch.from_numpy(idx).to(ref.device)].to(self.device, work)
         else:
             rows = torch.from_numpy(np.asarray(ref[idx], dtype=_np_dtype(work))).to(self.device)
+            _release_pages(ref)
         if rows.numel() and not bool(torch.isfinite(rows).all()):
             first = int(idx[int((~torch.isfinite(rows)).any(dim=1).nonzero()[0, 0])])
             raise MemgeoError(f"reference contains NaN/inf value(s) (first in row {first})",

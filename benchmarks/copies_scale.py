@@ -1,0 +1,201 @@
+"""Neighbour search at scale for the copy metrics: time and peak memory of exact and approximate kNN.
+
+10,000 queries of dimension 784 against 100,000 and 1,000,000 training vectors (uniform random
+float32, written once to ``.npy`` files under ``--data-dir`` and searched as memory maps), with
+``memgeo.data.neighbors.NeighborIndex``:
+
+- ``faiss``: exact, faiss brute force (``IndexFlatL2``'s kernel) per reference block + float64 re-ranking;
+- ``torch``: exact, ``torch.cdist`` per (query chunk, reference block) tile + the same re-ranking;
+- ``ivf``: approximate, faiss ``IndexIVFFlat`` (default nlist = sqrt(N), nprobe = max(8, nlist / 16));
+- ``hnsw``: approximate, faiss ``IndexHNSWFlat`` (M = 32, efSearch = 64, efConstruction = 64), only
+  for N <= ``--hnsw-max-n`` (its single-threaded build grows too slow beyond).
+
+Each (N, method) runs in its own child process so that ``ru_maxrss`` (peak resident memory, the whole
+process) and ``tracemalloc`` (peak of Python/numpy allocations; torch's and faiss's own buffers are not
+seen by it) belong to that method alone. The memory-mapped reference is read block by block and its
+pages are released after each block, so they do not count in the resident memory. Recall@k of an
+approximate method is the share of its k returned neighbours whose (exact) distance is at most the
+exact k-th nearest distance, averaged over all queries; the exact methods are checked to return
+identical neighbours.
+
+Run (one thread, as used for docs/benchmarks.md section 11)::
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/copies_scale.py --threads 1 \\
+        --json benchmarks/results/copies_scale.json --markdown runs/copies_scale/table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = {"faiss": {"backend": "faiss"}, "torch": {"backend": "torch"}, "ivf": {"backend": "faiss-ivf"},
+           "hnsw": {"backend": "faiss-hnsw"}}
+
+
+def make_data(path: Path, n: int, dim: int, seed: int) -> Path:
+    """Uniform [0, 1) float32 (n, dim) written block by block to a .npy file (reused if it exists)."""
+    if path.is_file():
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape == (n, dim) and arr.dtype == np.float32:
+            return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    rng = np.random.default_rng(seed)
+    for s in range(0, n, 50_000):
+        out[s:s + 50_000] = rng.random((min(50_000, n - s), dim), dtype=np.float32)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return path
+
+
+def child(args: argparse.Namespace) -> None:
+    """One (N, method) measurement; prints one JSON line."""
+    import torch
+
+    from memgeo.data.neighbors import NeighborIndex
+
+    torch.set_num_threads(args.threads)
+    queries = np.load(args.queries_path)
+    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    index = NeighborIndex(args.reference, **METHODS[args.method])
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dist, idx = index.search(queries, args.k)
+    search = time.perf_counter() - t0
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.save(args.out_prefix + "_d.npy", dist.numpy())
+    np.save(args.out_prefix + "_i.npy", idx.numpy())
+    extra = {}
+    if args.method == "ivf":
+        extra = {"nlist": index.nlist, "nprobe": index.nprobe}
+    elif args.method == "hnsw":
+        extra = {"M": index.hnsw_m, "ef_search": index.ef_search, "ef_construction": index.ef_construction}
+    print(json.dumps({"build_s": build, "search_s": search, "tracemalloc_peak_mb": py_peak / 2**20,
+                      "rss_before_mb": rss_base, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "block_size": index.block_size, **extra}))
+
+
+def recall(d_approx: np.ndarray, d_exact: np.ndarray, k: int) -> float:
+    """Share of the first k returned neighbours within the exact k-th distance (ties count as found)."""
+    found = (d_approx[:, :k] <= d_exact[:, k - 1:k]).sum(axis=1)
+    return float(np.minimum(found, k).sum() / (d_exact.shape[0] * k))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="100000,1000000", help="training set sizes N, comma-separated")
+    p.add_argument("--queries", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=784)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--methods", default="faiss,torch,ivf,hnsw")
+    p.add_argument("--hnsw-max-n", type=int, default=100_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default="runs/copies_scale")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    # internal: one measurement in a child process
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--reference", help=argparse.SUPPRESS)
+    p.add_argument("--out-prefix", help=argparse.SUPPRESS)
+    p.add_argument("--queries-path", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+    data = Path(args.data_dir)
+    qpath = make_data(data / f"queries_{args.queries}x{args.dim}.npy", args.queries, args.dim, args.seed + 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    rows: list[dict[str, Any]] = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        t0 = time.perf_counter()
+        rpath = make_data(data / f"train_{n}x{args.dim}.npy", n, args.dim, args.seed)
+        print(f"[copies_scale] data N={n}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        exact_d = exact_i = None
+        for method in args.methods.split(","):
+            if method == "hnsw" and n > args.hnsw_max_n:
+                rows.append({"n": n, "method": method, "note": f"skipped: N > --hnsw-max-n {args.hnsw_max_n}"})
+                continue
+            prefix = str(data / f"result_{method}_{n}")
+            cmd = [sys.executable, __file__, "--child", "--method", method, "--reference", str(rpath),
+                   "--queries-path", str(qpath), "--k", str(args.k), "--threads", str(args.threads),
+                   "--out-prefix", prefix]
+            print(f"[copies_scale] N={n} {method} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise SystemExit(f"{method} N={n} failed:\n{res.stderr[-3000:]}")
+            row = {"n": n, "method": method, **json.loads(res.stdout.strip().splitlines()[-1]),
+                   "wall_s": time.perf_counter() - t0}
+            d, i = np.load(prefix + "_d.npy"), np.load(prefix + "_i.npy")
+            if method in ("faiss", "torch"):
+                if exact_d is None:
+                    exact_d, exact_i = d, i
+                else:
+                    row["same_as_exact"] = bool(np.array_equal(i, exact_i) and np.array_equal(d, exact_d))
+                row["recall1"], row["recall10"] = 1.0, 1.0
+            elif exact_d is not None:
+                row["recall1"], row["recall10"] = recall(d, exact_d, 1), recall(d, exact_d, min(10, args.k))
+            rows.append(row)
+            print(f"[copies_scale]   {json.dumps(row)}", file=sys.stderr, flush=True)
+            save(rows, args)  # after every row: a long run leaves what it measured so far
+    print(markdown(rows, args))
+    save(rows, args)
+
+
+def save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    table = markdown(rows, args)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table + "\n")
+    if args.json:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _common import machine_facts, write_json
+
+        write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k not in ("child",)},
+                               "machine": machine_facts(), "rows": rows})
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    head = ("| N train | method | build s | search s | peak RSS MB (before) | tracemalloc peak MB | recall@1 | "
+            "recall@10 | notes |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        if "note" in r:
+            lines.append(f"| {r['n']:,} | {r['method']} | — | — | — | — | — | — | {r['note']} |")
+            continue
+        notes = []
+        if "nlist" in r:
+            notes.append(f"nlist {r['nlist']}, nprobe {r['nprobe']}")
+        if "M" in r:
+            notes.append(f"M {r['M']}, efSearch {r['ef_search']}, efConstruction {r['ef_construction']}")
+        if "same_as_exact" in r:
+            notes.append("identical to faiss exact" if r["same_as_exact"] else "DIFFERS from faiss exact")
+        notes.append(f"block {r['block_size']:,} rows")
+        lines.append(f"| {r['n']:,} | {r['method']} | {r['build_s']:.1f} | {r['search_s']:.1f} | "
+                     f"{r['maxrss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {r['tracemalloc_peak_mb']:.0f} | "
+                     f"{r.get('recall1', float('nan')):.3f} | {r.get('recall10', float('nan')):.3f} | {'; '.join(notes)} |")
+    lines.append("")
+    lines.append(f"{args.queries:,} queries, dimension {args.dim}, k = {args.k}, {args.threads} thread(s).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
