@@ -26,7 +26,7 @@ from memgeo.geometry.lid import get_lid_estimator
 from memgeo.io import atomic_write_text, write_csv, write_json, write_npy
 from memgeo.memorization import COPY_CRITERIA, label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
-from memgeo.models import MLPConfig, SampleResult, TrainConfig, VPSchedule, get_sampler, train
+from memgeo.models import MLPConfig, SampleResult, TrainConfig, TrainResult, VPSchedule, get_sampler, train
 from memgeo.models.base import DiffusionModel
 from memgeo.report import Report
 from memgeo.workflows.common import evaluate_or_reason, masked_mean, run_command, say, start_run
@@ -115,7 +115,7 @@ def sample_seeds(cfg: DemoConfig) -> dict[int, int]:
     return {cfg.memorize_class: cfg.seed + 1, cfg.control_class: cfg.seed + 2}
 
 
-def _sample_class(model: DiffusionModel, cfg: DemoConfig, cls: int, seed: int) -> SampleResult:
+def sample_class(model: DiffusionModel, cfg: DemoConfig, cls: int, seed: int) -> SampleResult:
     """``n_samples`` generations of class ``cls``, x0 (n, *data_shape) plus the trajectory.
 
     The noise and the sampler call are those of ``memgeo sample --cond CLS --seed SEED`` (one
@@ -127,6 +127,17 @@ def _sample_class(model: DiffusionModel, cfg: DemoConfig, cls: int, seed: int) -
     cond = torch.full((cfg.n_samples,), cls, dtype=torch.long)
     return get_sampler(cfg.sampler)(model, noise, steps=cfg.sample_steps, cond=cond, guidance=cfg.guidance,
                                     clip=(-1.0, 1.0), generator=gen, return_trajectory=True, progress=True)
+
+
+def train_demo_model(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                     out_dir: str | Path | None, *, steps: int | None = None, progress: bool | str = True
+                     ) -> TrainResult:
+    """Train the demo's class-conditional diffusion model (MLP, VP schedule, ``cfg.train``) on ``x (N, *shape)``
+    with labels ``y (N,)``; ``steps`` overrides ``cfg.train.steps``. Shared with `memgeo families` (its ddpm)."""
+    update: dict[str, Any] = {"seed": cfg.seed} if steps is None else {"seed": cfg.seed, "steps": steps}
+    model_cfg = MLPConfig(data_shape=tuple(x.shape[1:]), hidden=cfg.resolved_hidden(x[0].numel()), depth=cfg.depth,
+                          num_classes=n_classes, schedule=VPSchedule(), prediction=cfg.prediction)
+    return train(model_cfg, cfg.train.model_copy(update=update), x, y, out_dir, progress=progress)
 
 
 def _write_training_set(out: Path, train_ds: Dataset) -> None:
@@ -228,9 +239,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
                     subtitle=f"{cfg.data}; class {cfg.memorize_class} duplicated, class {cfg.control_class} control")
 
     t0 = time.perf_counter()
-    model_cfg = MLPConfig(data_shape=train_ds.data_shape, hidden=hidden, depth=cfg.depth, num_classes=n_classes,
-                          schedule=VPSchedule(), prediction=cfg.prediction)
-    tr = train(model_cfg, cfg.train.model_copy(update={"seed": cfg.seed}), train_ds.x, train_ds.y, out / "model")
+    tr = train_demo_model(cfg, train_ds.x, train_ds.y, n_classes, out / "model")
     model = tr.model
     timings["train_s"] = time.perf_counter() - t0
     if tr.resumed_from:
@@ -240,7 +249,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     n = cfg.n_samples
     say(f"sampling {n} generations of class {cfg.memorize_class} and {n} of class {cfg.control_class} "
         f"({cfg.sampler}, {cfg.sample_steps} steps, guidance {cfg.guidance})")
-    parts = [_sample_class(model, cfg, cls, seed) for cls, seed in sample_seeds(cfg).items()]
+    parts = [sample_class(model, cfg, cls, seed) for cls, seed in sample_seeds(cfg).items()]
     x0 = torch.cat([p.x0 for p in parts])
     trajectory = torch.cat([p.trajectory for p in parts], dim=1)
     cond = torch.cat([torch.full((n,), cfg.memorize_class), torch.full((n,), cfg.control_class)])
