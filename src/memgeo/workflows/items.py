@@ -279,8 +279,11 @@ def _array_bytes(a: np.ndarray | None) -> bytes | None:
     return buf.getvalue()
 
 
-def _bytes_array(b: bytes | None) -> np.ndarray | None:
-    return None if b is None else np.load(io.BytesIO(b), allow_pickle=False)
+def _bytes_array(b: Any) -> np.ndarray | None:
+    """The array of ``.npy`` bytes; anything else (``None``, or the NaN a numpy batch makes of a null) is none."""
+    if not isinstance(b, (bytes, bytearray, memoryview)):
+        return None
+    return np.load(io.BytesIO(bytes(b)), allow_pickle=False)
 
 
 def rows_to_columns(rows: Iterable[ItemRow]) -> dict[str, list[Any]]:

@@ -116,7 +116,7 @@ def score_units_ray(command: ItemCommand, plan: Plan, unit_ids: list[int], scale
         ds = ray.data.from_items([{"unit": int(k)} for k in unit_ids], override_num_blocks=n)
         ds = ds.map_batches(
             ScoringActor, fn_constructor_args=(command.ref, plan.cfg.model_dump_json(), os.environ.get(FAIL_ONCE_ENV)),
-            batch_size=1, batch_format="numpy", concurrency=workers, num_cpus=1,
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
             num_gpus=scale.gpus_per_worker or None, max_restarts=RETRIES, max_task_retries=RETRIES)
         expected = {it.id for k in unit_ids for it in plan.units[k]}
         got: set[str] = set()
