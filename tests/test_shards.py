@@ -196,3 +196,22 @@ def test_importing_the_cli_and_a_plain_detect_leave_ray_out(assets, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_mitigate_shards_merge_to_the_plain_run(run_cli, assets, tmp_path):
+    """(method, prompt) items over 2 shards; generations.csv equals the plain run's but for wall times."""
+    def rows(path: Path) -> list[dict[str, str]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in _csv(path)]
+
+    lines = [{"prompt": p, "memorized": int("photo" in p)} for p in CAPTIONS[:3]]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["mitigate", "--model", assets / "model", "--prompts", tmp_path / "p.jsonl", "--method", "jain_delayed",
+            "--generations", "2", "--steps", "3", "--train-data", assets / "train_x.npy", "--no-progress"]
+    assert run_cli(*args, "--out", tmp_path / "plain")[0] == 0
+    for i in range(2):
+        code, _, err = run_cli(*args, "--out", tmp_path / "sh", "--shard", f"{i}/2")
+        assert code == 0, err
+    code, _, err = run_cli("merge", tmp_path / "sh", "--out", tmp_path / "merged")
+    assert code == 0, err
+    assert rows(tmp_path / "merged" / "generations.csv") == rows(tmp_path / "plain" / "generations.csv")
+    assert len(rows(tmp_path / "plain" / "generations.csv")) == 2 * 3 * 2  # methods x prompts x generations

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli.common import Out, app, load_config
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
+                               scale_options, shard_line)
 from memgeo.cli.output import Json, emit, num
 from memgeo.errors import MemgeoError
 
@@ -27,7 +28,7 @@ def _params(text: str | None) -> dict | None:
     return value
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def mitigate(
     model: Annotated[str, typer.Option(help="Prompt model: caption checkpoint folder or diffusers pipeline folder.")],
     prompts: Annotated[str, typer.Option(help="Prompt file (.txt, .jsonl, .csv); .jsonl/.csv may carry "
@@ -55,6 +56,11 @@ def mitigate(
                                               "[default: none]")] = None,
     seed: Annotated[int, typer.Option(help="Base seed of the generations' noise. [default: 0]")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     json_out: Json = False,
     out: Out = Path("runs/mitigate"),
 ) -> None:
@@ -70,7 +76,10 @@ def mitigate(
         model=model, prompts=prompts, methods=methods, params=_params(params), generations=generations, steps=steps,
         guidance=guidance, train_data=train_data, classifier=classifier, criterion=criterion, threshold=threshold,
         max_prompts=max_prompts, seed=seed, dtype=dtype))
-    summary = run_mitigate(cfg, out, progress=progress)
+    summary = run_mitigate(cfg, out, progress=progress,
+                           scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        return emit(json_out, summary, shard_line(summary))
     keys = ("method", "copy_rate_memorized", "accuracy_all", "nfe_per_generation")
     emit(json_out, [{k: row[k] for k in keys} for row in summary["table"]],
          [f"{summary['n_prompts']} prompts x {summary['generations']} generations per method:"]

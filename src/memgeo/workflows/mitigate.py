@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from memgeo.data.prompts import PromptEntry, load_prompts
 from memgeo.data.registry import load_points
@@ -52,8 +52,8 @@ from memgeo.workflows.common import (
     previous_config,
     run_command,
     say,
-    start_run,
 )
+from memgeo.workflows.items import Item, ItemCommand, ItemRow, Plan, RowCache, ScaleOptions, run_items
 
 BASELINE = "none"
 
@@ -232,49 +232,120 @@ def _summaries(rows: list[dict], names: list[str]) -> list[dict]:
     return table
 
 
-@run_command
-def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Generate with every method, label copies and classes, write results and report; returns the summary."""
-    out = Path(out)
+@dataclass
+class _MitigateState:
+    methods: dict[str, Mitigation]
+    model: PromptDiffusionModel
+    prompts: list[PromptEntry]
+    train: np.ndarray | None
+    classifier: Any
+
+
+def prepare_mitigate(cfg: MitigateConfig) -> Plan:
+    """Validate, load model / prompts / training data / classifier; one item per (method, prompt), id
+    ``METHOD/pNNNNNN-sSEED`` (SEED: the prompt's first noise seed), method-major; each item is its own unit."""
     methods = _methods(cfg)
     model, prompts, train, classifier = _load_inputs(cfg)
-    _check_resume(out, cfg)
-    out = start_run(out, cfg, cfg.seed, n_prompts=len(prompts))
-    names = list(methods)
-    say(f"mitigate: {len(prompts)} prompts x {cfg.generations} generations, methods {', '.join(names)} -> {out}")
-    samples: dict[str, list[np.ndarray]] = {}
-    records: dict[str, list[dict]] = {}
-    for name, method in methods.items():
-        folder = out / "records" / name
-        done = 0
-        desc = "sampling: baseline (no mitigation)" if name == "none" else f"mitigating: {name}"
-        for i, entry in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
-            rec_path, npy_path = folder / f"{i:05d}.json", folder / f"{i:05d}.npy"
-            if rec_path.is_file() and npy_path.is_file():
-                done += 1
-                continue
-            x, record = _generate_prompt(method, model, cfg, i, entry)
-            write_npy(npy_path, x)
-            write_json(rec_path, record)  # last: its presence marks the prompt as finished
+    n = len(prompts)
+    items = [Item(f"{name}/p{i:06d}-s{prompt_seed(cfg, i, e)}", m * n + i)
+             for m, name in enumerate(methods) for i, e in enumerate(prompts)]
+    return Plan(cfg, [[it] for it in items], _MitigateState(methods, model, prompts, train, classifier), cfg.seed,
+                {"n_prompts": n})
+
+
+def _where(plan: Plan, item: Item) -> tuple[str, int]:
+    st: _MitigateState = plan.payload
+    n = len(st.prompts)
+    return list(st.methods)[item.index // n], item.index % n
+
+
+def score_mitigate(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """Generate one prompt's generations with one method: the record as data, the images as the array."""
+    st: _MitigateState = plan.payload
+    rows = []
+    for it in unit:
+        name, i = _where(plan, it)
+        x, record = _generate_prompt(st.methods[name], st.model, plan.cfg, i, st.prompts[i])
+        rows.append(ItemRow(it.id, it.index, record, x))
+    return rows
+
+
+def _record_paths(out: Path, name: str, i: int) -> tuple[Path, Path]:
+    folder = out / "records" / name
+    return folder / f"{i:05d}.json", folder / f"{i:05d}.npy"
+
+
+def _read_cached(out: Path, plan: Plan, unit: list[Item]) -> dict[str, ItemRow]:
+    found = {}
+    for it in unit:
+        rec_path, npy_path = _record_paths(out, *_where(plan, it))
+        if rec_path.is_file() and npy_path.is_file():
+            found[it.id] = ItemRow(it.id, it.index, json.loads(rec_path.read_text()), np.load(npy_path))
+    return found
+
+
+def _write_cached(out: Path, plan: Plan, rows: list[ItemRow]) -> None:
+    for r in rows:
+        rec_path, npy_path = _record_paths(out, *_where(plan, Item(r.id, r.index)))
+        write_npy(npy_path, r.array)
+        write_json(rec_path, r.data)  # last: its presence marks the prompt as finished
+
+
+def _before_start(plan: Plan, out: Path) -> None:
+    _check_resume(Path(out), plan.cfg)
+    st: _MitigateState = plan.payload
+    for name in st.methods:
+        done = sum(all(p.is_file() for p in _record_paths(Path(out), name, i)) for i in range(len(st.prompts)))
         if done:
-            say(f"{name}: resumed, {done} of {len(prompts)} prompts were already finished")
-        records[name] = [json.loads((folder / f"{i:05d}.json").read_text()) for i in range(len(prompts))]
-        for i, (rec, entry) in enumerate(zip(records[name], prompts)):
-            if rec["prompt"] != entry.prompt:  # same settings, but the prompt file was edited in between
-                raise MemgeoError(f"record {name}/{i:05d} was generated for {rec['prompt']!r}, but prompt {i} "
-                                  f"is now {entry.prompt!r}", "choose a new --out for the edited prompt file")
-        samples[name] = [np.load(folder / f"{i:05d}.npy") for i in range(len(prompts))]
-    rows = _label(cfg, names, prompts, samples, records, train, classifier)
-    table = _summaries(rows, names)
-    write_csv(out / "generations.csv", rows)
+            say(f"{name}: resumed, {done} of {len(st.prompts)} prompts were already finished")
+
+
+def finalize_mitigate(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """Copy labels, classes, generations.csv, results.json / results.csv and the report from all rows."""
+    cfg: MitigateConfig = plan.cfg
+    st: _MitigateState = plan.payload
+    names, prompts = list(st.methods), st.prompts
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    records: dict[str, list[dict]] = {name: [] for name in names}
+    for r in rows:
+        name, i = _where(plan, Item(r.id, r.index))
+        if r.data["prompt"] != prompts[i].prompt:  # same settings, but the prompt file was edited in between
+            raise MemgeoError(f"record {name}/{i:05d} was generated for {r.data['prompt']!r}, but prompt {i} "
+                              f"is now {prompts[i].prompt!r}", "choose a new --out for the edited prompt file")
+        records[name].append(r.data)
+        samples[name].append(r.array)
+    rows_out = _label(cfg, names, prompts, samples, records, st.train, st.classifier)
+    table = _summaries(rows_out, names)
+    write_csv(out / "generations.csv", rows_out)
     write_csv(out / "results.csv", table)
-    summary = {"methods": {n: {"summary": methods[n].summary, "params": methods[n].params()} for n in names},
+    summary = {"methods": {n: {"summary": st.methods[n].summary, "params": st.methods[n].params()} for n in names},
                "table": table, "n_prompts": len(prompts), "generations": cfg.generations, "steps": cfg.steps,
                "guidance": cfg.guidance,
-               "copy_criterion": None if train is None else {"name": cfg.criterion, "threshold": rows[0]["threshold"]}}
+               "copy_criterion": None if st.train is None else {"name": cfg.criterion,
+                                                                "threshold": rows_out[0]["threshold"]}}
     write_json(out / "results.json", summary)
-    _report(out, cfg, summary, names, prompts, samples, rows)
+    _report(out, cfg, summary, names, prompts, samples, rows_out)
     return summary
+
+
+MITIGATE_ITEMS = ItemCommand(
+    name="mitigate", ref="memgeo.workflows.mitigate:MITIGATE_ITEMS", config=MitigateConfig, prepare=prepare_mitigate,
+    score_batch=score_mitigate, finalize=finalize_mitigate, noun="prompt generations", before_start=_before_start,
+    cache=RowCache(read=_read_cached, write=_write_cached))
+
+
+@run_command
+def run_mitigate(cfg: MitigateConfig, out: str | Path, *, progress: bool = True,
+                 scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Generate with every method, label copies and classes, write results and report; returns the summary.
+
+    ``scale``: ``--shard I/N`` / ``--engine ray`` over the (method, prompt) items (:mod:`memgeo.workflows.items`).
+    """
+    plan = prepare_mitigate(cfg)
+    if scale is None or scale.shard is None:
+        methods = ", ".join(plan.payload.methods)
+        say(f"mitigate: {len(plan.payload.prompts)} prompts x {cfg.generations} generations, methods {methods} -> {out}")
+    return run_items(MITIGATE_ITEMS, plan, out, scale, progress=progress)
 
 
 def _label(cfg: MitigateConfig, names: list[str], prompts: list[PromptEntry], samples: dict[str, list[np.ndarray]],
