@@ -334,6 +334,7 @@ def _audit_lines(summary: dict, out: Path) -> list[str]:
 
 # Commands of later capabilities live in their own modules and register on `app` when imported.
 from memgeo.cli import collapse as _collapse_commands  # noqa: E402,F401
+from memgeo.cli import copies as _copies_commands  # noqa: E402,F401
 from memgeo.cli import detect as _detect_commands  # noqa: E402,F401
 from memgeo.cli import families as _families_commands  # noqa: E402,F401
 from memgeo.cli import mitigate as _mitigate_commands  # noqa: E402,F401

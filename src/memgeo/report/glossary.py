@@ -50,6 +50,38 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "trace_ratio": ("tr Σ̂_{t} / tr Σ_{0}", "total variance of generation t relative to the real data "
                                            "(1 = no loss of diversity)"),
     "W": ("energy distance", "distance between the generated and the held-out real distribution (0 = same)"),
+    # copy metrics on (train, held-out, generated) samples (`memgeo copies`)
+    "held_out": ("held-out baseline", "the same metric with held-out test samples (never trained on) in place of "
+                                      "the generations: what a generator that never saw the training set scores"),
+    "nl2": ("d(a, b)", "normalized ℓ^{2} distance ‖a − b‖ / √D between two samples in the chosen feature space"),
+    "d1d2": ("d_{1}/d_{2}", "distance to the nearest distinct training sample over the distance to the second "
+                            "nearest; a copy when below the threshold (default 1/3)"),
+    "nn_ratio": ("NN ratio", "d_{1} / (α · mean of the n nearest training distances) (Carlini et al. 2023; α = "
+                             "0.5, n = 50); a copy when below 1/3"),
+    "dcr": ("DCR", "distance to the closest training record over the training set's typical nearest-neighbour "
+                   "spacing; a copy when below the 5 % quantile of the held-out samples' own ratios"),
+    "cosine": ("cosine", "cosine similarity to the most similar training sample; a copy above 0.5 (Somepalli et "
+                         "al. 2023, meaningful in a copy-detection feature space such as SSCD's)"),
+    "tiled_l2": ("tiled ℓ^{2}", "images cut into 4 × 4 tiles; the largest tile distance to the nearest training "
+                                "image (Carlini et al. 2023); a copy below 1/3 of the held-out median"),
+    "ct": ("C_{T}", "Meehan et al. (2020): per k-means cell, the Mann–Whitney z of generated vs held-out distances "
+                    "to the training set, averaged; ≪ 0 (below −2) = generations closer to the training set than "
+                    "new data (data-copying), about 0 = none"),
+    "ct_z": ("Z_{π}", "the C_{T} z-score of one cell π; cells with too few generations are dropped"),
+    "authenticity": ("authenticity", "share of generations farther from their nearest training sample than that "
+                                     "sample is from its own nearest other training sample (Alaa et al. 2022); "
+                                     "exact copies are never authentic; read against the held-out baseline"),
+    "fld": ("FLD, FLD gap", "feature likelihood divergence (Jiralerspong et al. 2023) of a kernel density on the "
+                            "generations; the gap FLD_{train} − FLD_{test} far below 0 = the density fits the "
+                            "training set better than new data (copying)"),
+    "datacopy_rate": ("data-copying rate", "share of generations inside a training ball that receives λ = 20 "
+                                           "times more generated than real mass (Bhattacharjee et al. 2023)"),
+    "clique": ("clique", "generations in a group of ≥ 10 mutually near-identical generations (Carlini et al. 2023's "
+                         "extraction attack); the group's training match is the candidate extracted image"),
+    "prdc": ("precision, recall, density, coverage", "k-nearest-neighbour-ball fidelity and diversity scores "
+                                                     "(Kynkäänniemi et al. 2019, Naeem et al. 2020); not copy "
+                                                     "detectors: copies of the training set score well on all four"),
+    "ci": ("[CI]", "95 % percentile bootstrap interval over the generated (and held-out) samples"),
 }
 
 #: Table headers for raw column names (anything not listed keeps its name).
