@@ -86,7 +86,9 @@ def test_flipd_cost_is_one_forward_plus_k_products():
     est = FLIPD(t0=0.05, trace="hutchinson", n_probes=6)
     est.estimate(counted, x)
     assert est.result_.n_matvecs == 6
-    assert counted.calls == 1 + 6  # one forward for ||s||^2, one per reverse-mode product
+    # one forward builds the cached graph (its output gives ||s||^2); the 6 probes are backward
+    # passes through it, in one vmap-ed call
+    assert counted.calls == 1
 
 
 def test_auto_t0_curve_plateau_and_reuse():
@@ -162,3 +164,35 @@ def test_registry_and_errors():
         FLIPD().estimate(model, torch.full((2, 10), float("nan"), dtype=F64))
     with pytest.raises(MemgeoError, match="before fit"):
         CFDM().estimate(torch.zeros(2, 10))
+
+
+def test_flipd_one_probe_and_auto_trace():
+    model, basis = _flat_gaussian(ambient=30, d=3)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(6), dtype=F64) @ basis.T
+    exact = FLIPD(t0=0.05).estimate(model, x)
+    one = FLIPD(t0=0.05, trace="hutchinson", n_probes=1, seed=3)
+    lid = one.estimate(model, x)
+    res = one.result_
+    assert res.n_matvecs == 1 and "no sample variance" in res.note and res.trace == "hutchinson"
+    assert bool(torch.isinf(res.ci_low).all() and torch.isinf(res.ci_high).all())
+    assert bool(torch.isfinite(lid).all())
+    # the one-probe value equals FLIPD's formula with the trace replaced by v^T J v for the first probe
+    from memgeo.geometry.jacobian import score_jacobian
+    from memgeo.geometry.trace import draw_probes
+    from memgeo.models.base import as_time
+
+    tt = as_time(0.05, 6, x)
+    psi = float(model.schedule.sqrt_alpha_bar(torch.tensor(0.05, dtype=F64)))
+    s2 = float(model.schedule.sigma(torch.tensor(0.05, dtype=F64))) ** 2
+    y = psi * x
+    jac = score_jacobian(model, y, tt)
+    v = draw_probes(6, 30, generator=torch.Generator().manual_seed(3), dtype=F64)
+    s = model.score(y, tt).reshape(6, -1)
+    expected = 30 + s2 * (torch.einsum("bi,bij,bj->b", v, jac, v) + (s * s).sum(1))
+    torch.testing.assert_close(lid, expected, rtol=1e-10, atol=1e-8)
+    # trace="auto": exact at D = 30 <= FLIPD_EXACT_MAX_DIM
+    auto = FLIPD(t0=0.05, trace="auto")
+    torch.testing.assert_close(auto.estimate(model, x), exact)
+    assert auto.result_.trace == "exact"
+    from memgeo.geometry.lid.flipd import FLIPD_EXACT_MAX_DIM, resolve_flipd_trace
+    assert resolve_flipd_trace("auto", FLIPD_EXACT_MAX_DIM + 1) == "hutchinson"

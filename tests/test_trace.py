@@ -163,7 +163,7 @@ def test_probes_have_identity_second_moment():
     assert w.dtype == torch.float64
 
 
-@pytest.mark.parametrize("kwargs", [{"method": "lanczos"}, {"probe": "sphere"}, {"n_probes": 1},
+@pytest.mark.parametrize("kwargs", [{"method": "lanczos"}, {"probe": "sphere"}, {"n_probes": 0},
                                     {"method": "hutch++", "n_probes": 3}, {"level": 1.5}, {"level": 0.0}])
 def test_bad_arguments_raise(kwargs):
     a = torch.randn(2, 5, 5)
@@ -185,3 +185,58 @@ def test_bad_shapes_raise():
 
 def test_methods_registry():
     assert TRACE_METHODS == ("exact", "hutchinson", "hutch++")
+
+
+# ============================================================================ batched probes, one probe, auto
+
+
+@pytest.mark.parametrize("method,n_probes", [("hutchinson", 5), ("hutch++", 9), ("exact", 0)])
+def test_batched_probes_give_identical_estimates_in_fewer_calls(method, n_probes):
+    a = torch.randn(3, 70, 70, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    calls = {"n": 0}
+
+    def mv(v):  # accepts (B, D) and (P, B, D)
+        calls["n"] += 1
+        return torch.einsum("bij,...bj->...bi", a, v)
+
+    kw = dict(method=method, n_probes=max(n_probes, 2), dtype=torch.float64)
+    one = estimate_trace(mv, 3, 70, generator=torch.Generator().manual_seed(1), **kw)
+    calls_one, calls["n"] = calls["n"], 0
+    many = estimate_trace(mv, 3, 70, generator=torch.Generator().manual_seed(1), batched=True, **kw)
+    torch.testing.assert_close(many.mean, one.mean, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(many.ci_low, one.ci_low, rtol=1e-12, atol=1e-10)
+    assert many.n_matvecs == one.n_matvecs
+    expected_calls = {"hutchinson": 1, "hutch++": 3, "exact": 2}[method]  # exact: ceil(70 / 64) chunks
+    assert calls["n"] == expected_calls and calls_one == one.n_matvecs
+    if method == "exact":
+        torch.testing.assert_close(many.mean, torch.diagonal(a, dim1=1, dim2=2).sum(1))
+
+
+def test_one_probe_is_unbiased_and_says_it_has_no_interval():
+    a = torch.randn(4, 30, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    est = estimate_trace(dense_matvec(a), 4, 30, n_probes=1, generator=g, dtype=torch.float64)
+    assert est.n_matvecs == 1 and not est.has_interval and "no sample variance" in est.note
+    assert bool(torch.isinf(est.ci_low).all() and (est.ci_low < 0).all() and torch.isinf(est.ci_high).all())
+    # the single-probe value is v^T A v for the first probe the generator draws
+    v = draw_probes(4, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(est.mean, torch.einsum("bi,bij,bj->b", v, a, v))
+    # unbiased: the average of many one-probe estimates approaches the trace (Rademacher variance
+    # 2 sum_{i!=j} A_ij^2 per probe; 4000 draws put the mean within 5 standard errors)
+    many = torch.stack([estimate_trace(dense_matvec(a), 4, 30, n_probes=1, generator=g, dtype=torch.float64).mean
+                        for _ in range(4000)])
+    tr = torch.diagonal(a, dim1=1, dim2=2).sum(1)
+    off = (a + a.transpose(1, 2)) / 2
+    sd = (2 * ((off**2).sum((1, 2)) - (torch.diagonal(off, dim1=1, dim2=2) ** 2).sum(1))).sqrt()
+    assert bool(((many.mean(0) - tr).abs() < 5 * sd / 4000**0.5).all())
+    two = estimate_trace(dense_matvec(a), 4, 30, n_probes=2, generator=g, dtype=torch.float64)
+    assert two.has_interval and two.note == ""
+
+
+def test_auto_trace_is_exact_when_d_fits_the_probe_budget():
+    a = torch.randn(2, 6, 6, dtype=torch.float64)
+    est = estimate_trace(dense_matvec(a), 2, 6, method="auto", n_probes=8, dtype=torch.float64)
+    assert est.method == "exact" and est.n_matvecs == 6
+    torch.testing.assert_close(est.mean, torch.diagonal(a, dim1=1, dim2=2).sum(1))
+    est = estimate_trace(dense_matvec(a), 2, 6, method="auto", n_probes=4, dtype=torch.float64)
+    assert est.method == "hutchinson" and est.n_matvecs == 4

@@ -9,9 +9,11 @@ pass ``ScoreJacobianOperator.sym_matvec`` (the symmetric part) to the symmetric 
 
 Numerics
 --------
-* Full reorthogonalization (classical Gram-Schmidt applied twice, "twice is enough") against the
-  whole basis at every step. It costs O(B D m) per step, negligible next to a network JVP, and it
-  prevents the ghost copies of converged Ritz values that plain Lanczos produces.
+* Full reorthogonalization (classical Gram-Schmidt, repeated once where the first pass cancelled
+  more than 1 - 1/sqrt(2) of the vector: the DGKS "twice is enough" rule) against the whole basis at
+  every step. It prevents the ghost copies of converged Ritz values that plain Lanczos produces. It
+  costs O(B D m) per step and is memory-bound: the basis is stored (B, m, D) so each pass is one
+  contiguous ``bmm``; at B = 64, D = 784, m = 90 one pass reads 18 MB, a few ms on one core.
 * Breakdown: when the new residual vanishes for a sample (its Krylov space is invariant, e.g. an
   operator -I/sigma^2 + low rank), that sample continues with a fresh random vector orthogonal to
   its basis and a zero coupling coefficient. The projected matrix becomes block diagonal, each block
@@ -122,15 +124,23 @@ class SLQDensity(NamedTuple):
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove the span of ``basis`` (B, D, j) from ``w`` (B, D) by CGS applied twice.
+    """Remove the span of ``basis`` (B, j, D), rows orthonormal, from ``w`` (B, D) by CGS applied twice.
 
-    Returns the orthogonalized vectors (B, D) and the total coefficients (B, j).
+    Returns the orthogonalized vectors (B, D) and the total coefficients (B, j). The basis is stored
+    row-wise, so that its first j rows are one contiguous block and the two products are plain
+    ``bmm`` calls (a strided (B, D, j) slice was measured 4x slower than a network product at j = 90).
     """
-    coef = torch.zeros(basis.shape[0], basis.shape[2], dtype=w.dtype, device=w.device)
-    for _ in range(2):
-        c = torch.einsum("bdk,bd->bk", basis, w)
-        w = w - torch.einsum("bdk,bk->bd", basis, c)
+    coef = torch.zeros(basis.shape[0], basis.shape[1], dtype=w.dtype, device=w.device)
+    for p in range(2):
+        before = w.norm(dim=1)
+        c = torch.bmm(basis, w.unsqueeze(2)).squeeze(2)
+        w = w - torch.bmm(c.unsqueeze(1), basis).squeeze(1)
         coef = coef + c
+        # DGKS criterion: a second pass is needed only where the first one cancelled much of w
+        # (||w|| fell below 1/sqrt(2) of its value); in Lanczos the recurrence has already removed
+        # nearly everything, so the second pass (half the cost, memory-bound) is usually skipped.
+        if p == 0 and not bool((w.norm(dim=1) < 0.7071 * before).any()):
+            break
     return w, coef
 
 
@@ -185,36 +195,36 @@ def _lanczos(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generato
 
     Returns
     -------
-    alpha : (B, j), beta : (B, j), basis : (B, D, j), j
+    alpha : (B, j), beta : (B, j), basis : (B, j, D) (row i is the i-th Lanczos vector), j
         beta[:, :j-1] are the off-diagonals of T (0 where a sample restarted) and beta[:, j-1] is
         the norm of the final residual, which gives the Ritz residual bounds.
     """
     b, d = q0.shape
-    basis = q0.new_zeros(b, d, m)
+    basis = q0.new_zeros(b, m, d)
     alpha = q0.new_zeros(b, m)
     beta = q0.new_zeros(b, m)
     scale = q0.new_zeros(b)
     q = q0
     j = 0
     for j in range(m):
-        basis[:, :, j] = q
+        basis[:, j] = q
         w = _apply(matvec, q)
         a = (q * w).sum(1)
         alpha[:, j] = a
         # The three-term recurrence first, then a full reorthogonalization that also cleans it up.
         w = w - a[:, None] * q
         if j > 0:
-            w = w - beta[:, j - 1, None] * basis[:, :, j - 1]
-        w, _ = _orthogonalize(w, basis[:, :, : j + 1])
+            w = w - beta[:, j - 1, None] * basis[:, j - 1]
+        w, _ = _orthogonalize(w, basis[:, : j + 1])
         nrm = w.norm(dim=1)
         beta[:, j] = nrm
         scale = torch.maximum(scale, torch.maximum(a.abs(), nrm))
         if stop is not None and (j + 1) % check_every == 0 and stop(alpha[:, : j + 1], beta[:, : j + 1]):
             break
         if j + 1 < m:
-            q, beta[:, j] = _next_vector(w, nrm, basis[:, :, : j + 1], scale, generator)
+            q, beta[:, j] = _next_vector(w, nrm, basis[:, : j + 1], scale, generator)
     n = j + 1
-    return alpha[:, :n], beta[:, :n], basis[:, :, :n], n
+    return alpha[:, :n], beta[:, :n], basis[:, :n], n
 
 
 def _ritz(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,7 +253,7 @@ def _check_sizes(batch: int, dim: int, n_iter: int) -> int:
 def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int = 60, which: str = "both", *,
                     tol: float = 1e-5, check_every: int = 5, return_vectors: bool = False,
                     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                    device=None) -> LanczosResult:
+                    device=None, bound: str = "residual") -> LanczosResult:
     """Extreme eigenvalues of symmetric per-sample operators by batched Lanczos.
 
     Parameters
@@ -265,6 +275,14 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
         ``check_every`` steps; set ``tol=0`` to always run ``n_iter`` steps.
     check_every : int
         Steps between convergence checks (each costs one small batched ``eigh``).
+    bound : {"residual", "gap"}
+        What ``tol`` bounds. ``"residual"`` (the ARPACK criterion): the residual r_i = ||A y_i - theta_i y_i||,
+        itself a bound on the eigenvalue error. ``"gap"``: the a-posteriori eigenvalue error bound
+        min(r_i, r_i^2 / gap_i), gap_i the distance from theta_i to the nearest other Ritz value (an
+        estimate of its gap to the rest of the spectrum; Parlett, The Symmetric Eigenvalue Problem,
+        ch. 11). It stops much earlier for isolated eigenvalues at the same eigenvalue accuracy
+        (residual^2 / gap is the actual error once a Ritz value has settled), and is no looser than
+        ``"residual"`` for clustered ones.
     return_vectors : bool
         Also return the Ritz vectors, shape (B, D, k or 2k).
     generator : torch.Generator, optional
@@ -283,6 +301,7 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
         (k > min(n_iter, D), or 2k > min(n_iter, D) for ``"both"``); bad sizes or matvec output.
     """
     check_choice(which, WHICH, "Ritz value selection")
+    check_choice(bound, ("residual", "gap"), "Lanczos stopping bound")
     m = _check_sizes(batch, dim, n_iter)
     check_scalar(k, "k", min=1)
     check_scalar(check_every, "check_every", min=1)
@@ -294,21 +313,33 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
         device = generator.device
     q0 = _start_vector(batch, dim, "gaussian", generator, dtype, device)
 
+    # Samples that met the criterion once are not checked again (their Ritz values only improve),
+    # so each check solves the small eigenproblems of the samples still running only.
+    pending = torch.ones(batch, dtype=torch.bool)
+
     def stop(alpha: torch.Tensor, beta: torch.Tensor) -> bool:
         j = alpha.shape[1]
         if j < need or tol <= 0:
             return False
-        theta, _, res = _ritz(alpha, beta)
+        rows = pending.nonzero().squeeze(1).to(alpha.device)
+        theta, _, res = _ritz(alpha[rows], beta[rows])
         radius = theta.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         idx = _select(which, k, j)
-        return bool((res[:, idx] <= tol * radius).all())
+        err = res
+        if bound == "gap":
+            diff = theta.diff(dim=1)
+            inf = torch.full_like(theta[:, :1], float("inf"))
+            gap = torch.minimum(torch.cat([inf, diff], 1), torch.cat([diff, inf], 1))
+            err = torch.minimum(res, res * res / gap.clamp_min(torch.finfo(torch.float64).tiny))
+        pending[rows.cpu()] = ~(err[:, idx] <= tol * radius).all(1).cpu()
+        return not bool(pending.any())
 
     alpha, beta, basis, n = _lanczos(matvec, q0, m, generator, stop, check_every)
     theta, s, res = _ritz(alpha, beta)
     idx = _select(which, k, n)
     vecs = None
     if return_vectors:
-        vecs = torch.einsum("bdj,bji->bdi", basis, s[:, :, idx].to(basis.dtype))
+        vecs = torch.einsum("bjd,bji->bdi", basis, s[:, :, idx].to(basis.dtype))
     return LanczosResult(theta[:, idx].to(dtype), res[:, idx].to(dtype), n, which, vecs)
 
 
@@ -317,15 +348,15 @@ def _arnoldi(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generato
              ) -> tuple[torch.Tensor, int]:
     """Batched Arnoldi with reorthogonalization; returns the Hessenberg (B, j+1, j) and j."""
     b, d = q0.shape
-    basis = q0.new_zeros(b, d, m)
+    basis = q0.new_zeros(b, m, d)
     h = q0.new_zeros(b, m + 1, m)
     scale = q0.new_zeros(b)
     q = q0
     j = 0
     for j in range(m):
-        basis[:, :, j] = q
+        basis[:, j] = q
         w = _apply(matvec, q)
-        w, coef = _orthogonalize(w, basis[:, :, : j + 1])
+        w, coef = _orthogonalize(w, basis[:, : j + 1])
         nrm = w.norm(dim=1)
         h[:, : j + 1, j] = coef
         h[:, j + 1, j] = nrm
@@ -333,7 +364,7 @@ def _arnoldi(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generato
         if stop is not None and (j + 1) % check_every == 0 and stop(h[:, : j + 2, : j + 1]):
             break
         if j + 1 < m:
-            q, h[:, j + 1, j] = _next_vector(w, nrm, basis[:, :, : j + 1], scale, generator)
+            q, h[:, j + 1, j] = _next_vector(w, nrm, basis[:, : j + 1], scale, generator)
     n = j + 1
     return h[:, : n + 1, :n], n
 

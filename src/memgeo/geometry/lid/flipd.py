@@ -10,7 +10,11 @@ Check with a Gaussian of tangent variances lambda_i: E FLIPD = D - sum_i sigma^4
 which is d at small t0; at an atom of the empirical score FLIPD is exactly 0.
 
 * :class:`FLIPD`: one t0 (or ``"auto"``: the flattest point of the LID-vs-t0 curve), exact trace or
-  Hutchinson / Hutch++ (reverse-mode products; tr(J^T) = tr(J)) with a confidence interval;
+  Hutchinson / Hutch++ (reverse-mode products; tr(J^T) = tr(J)) with a confidence interval, or
+  ``trace="auto"`` (exact up to :data:`FLIPD_EXACT_MAX_DIM`, Hutchinson above). The stochastic traces
+  cost one forward at the B points (its output gives ||s||^2 too) plus one backward per probe, all
+  probes in one ``vmap``-ed pass over the cached graph (measured within 1.5 x (1 + k) forwards,
+  docs/benchmarks.md section 10). One probe is allowed; it has no interval (``ci`` is (-inf, inf));
 * :class:`FPRegress`: the slope of log p_t(psi x) against log sigma over a window of scales,
   obtained by integrating the same FLIPD curve (a multi-scale average that is less sensitive to t0);
 * :class:`CFDM`: FLIPD of the Gaussian-smoothed empirical measure in closed form:
@@ -27,9 +31,24 @@ import torch
 from memgeo.errors import MemgeoError, check_choice, check_finite
 from memgeo.geometry.jacobian import ScoreJacobianOperator, check_points, score_jacobian
 from memgeo.geometry.lid.base import DataLIDEstimator, ModelLIDEstimator, register
-from memgeo.geometry.trace import TRACE_METHODS, estimate_trace
+from memgeo.geometry.trace import TRACE_CHOICES, estimate_trace
 from memgeo.models.base import DiffusionModel, as_time, expand_like, model_dtype
 from memgeo.models.schedule import VPSchedule
+
+
+FLIPD_EXACT_MAX_DIM = 256
+"""``trace="auto"`` takes the exact (dense ``vmap(jacrev)``) trace up to this D, Hutchinson above.
+
+Measured (docs/design.md, "Dense or matrix-free"): on the MLP nets of benchmarks/kernels.py the exact
+trace costs about as much as Hutchinson with 8 probes at D = 64 and grows linearly in D, several
+times the 8-probe cost at D = 784; up to D = 256 paying it removes all probe variance."""
+
+
+def resolve_flipd_trace(trace: str, dim: int) -> str:
+    """``"auto"`` -> ``"exact"`` for D <= :data:`FLIPD_EXACT_MAX_DIM`, else ``"hutchinson"``; others unchanged."""
+    if trace != "auto":
+        return trace
+    return "exact" if dim <= FLIPD_EXACT_MAX_DIM else "hutchinson"
 
 
 @dataclass
@@ -42,7 +61,8 @@ class LIDCurve:
     sigma : Tensor, shape (T,)
     lid : Tensor, shape (T, B)
     ci_low, ci_high : Tensor, shape (T, B)
-        Confidence interval of the trace part (equal to ``lid`` for the exact trace).
+        Confidence interval of the trace part (equal to ``lid`` for the exact trace; -inf and inf
+        with a single Hutchinson probe, which has no sample variance: see ``note``).
     n_matvecs : int
         Jacobian products used over the whole curve (0 for the dense exact trace).
     dim : int
@@ -56,6 +76,8 @@ class LIDCurve:
     ci_high: torch.Tensor
     n_matvecs: int = 0
     dim: int = 0
+    trace: str = ""
+    note: str = ""
 
     def at(self, t0: float) -> torch.Tensor:
         """LID at the grid point nearest to ``t0``, shape (B,)."""
@@ -88,28 +110,34 @@ class LIDCurve:
 
 def _flipd_at(model: DiffusionModel, x: torch.Tensor, t0: float, cond: torch.Tensor | None, trace: str,
               n_probes: int, generator: torch.Generator | None, chunk_size: int) -> tuple[torch.Tensor, ...]:
-    """(lid, ci_low, ci_high, n_matvecs) at one t0 for flattened clean points x (B, D)."""
+    """(lid, ci_low, ci_high, n_matvecs, note) at one t0 for flattened clean points x (B, D).
+
+    Stochastic traces: one forward at y (cached graph; its output is the score for ||s||^2) and one
+    backward per probe, all probes in one call.
+    """
     b, d = x.shape
     tt = as_time(t0, b, x)
     psi = expand_like(model.schedule.sqrt_alpha_bar(tt), x)
     sigma2 = float(model.schedule.sigma(torch.tensor(t0, dtype=torch.float64))) ** 2
     y = psi * x
-    with torch.no_grad():
-        s = model.score(y.reshape((b,) + tuple(model.data_shape)), tt, cond).reshape(b, d)
-    sq = (s.double() ** 2).sum(1)
+    note = ""
     if trace == "exact":
+        with torch.no_grad():
+            s = model.score(y.reshape((b,) + tuple(model.data_shape)), tt, cond).reshape(b, d)
         jac = score_jacobian(model, y, tt, cond, chunk_size=chunk_size)
         tr = torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1).double()
         lo = hi = tr
         used = 0
     else:
-        op = ScoreJacobianOperator(model, y, tt, cond, mode="vjp")
-        est = estimate_trace(op.rmatvec, b, d, method=trace, n_probes=n_probes, generator=generator,
-                             dtype=y.dtype, device=y.device)
+        with ScoreJacobianOperator(model, y, tt, cond, mode="vjp") as op:
+            s = op.score()
+            est = estimate_trace(op.rmatvec, b, d, method=trace, n_probes=n_probes, generator=generator,
+                                 dtype=y.dtype, device=y.device, batched=True)
         tr, lo, hi = est.mean.double(), est.ci_low.double(), est.ci_high.double()
-        used = est.n_matvecs
+        used, note = est.n_matvecs, est.note
+    sq = (s.double() ** 2).sum(1)
     lid = d + sigma2 * (tr + sq)
-    return lid, d + sigma2 * (lo + sq), d + sigma2 * (hi + sq), used
+    return lid, d + sigma2 * (lo + sq), d + sigma2 * (hi + sq), used, note
 
 
 @register
@@ -121,10 +149,12 @@ class FLIPD(ModelLIDEstimator):
     t0 : float or "auto"
         Diffusion time of the evaluation; ``"auto"`` picks the plateau of the LID-vs-t0 curve over
         ``t0_grid`` (the curve is kept in ``curve_`` so further t0 choices cost nothing).
-    trace : {"exact", "hutchinson", "hutch++"}
+    trace : {"exact", "hutchinson", "hutch++", "auto"}
         "exact" uses the dense Jacobian (D reverse passes, batched); the stochastic methods use
-        ``n_probes`` reverse-mode products per sample and give a confidence interval.
+        ``n_probes`` reverse-mode products per sample and give a confidence interval; "auto" is exact
+        for D <= :data:`FLIPD_EXACT_MAX_DIM` and Hutchinson above (the choice is in ``result_.trace``).
     n_probes : int
+        Probes of a stochastic trace (>= 1; a single probe gives no interval, see ``result_.note``).
     seed : int
         Seed of the probe vectors.
     t0_grid : sequence of float, optional
@@ -145,7 +175,7 @@ class FLIPD(ModelLIDEstimator):
         self.chunk_size = chunk_size
 
     def _validate(self) -> None:
-        check_choice(self.trace, TRACE_METHODS, "trace method")
+        check_choice(self.trace, TRACE_CHOICES, "trace method")
         if self.t0 != "auto" and not (isinstance(self.t0, (int, float)) and 0 < float(self.t0) <= 1):
             raise MemgeoError(f"t0={self.t0!r} is neither 'auto' nor a time in (0, 1]", "pass e.g. t0=0.05")
 
@@ -161,16 +191,17 @@ class FLIPD(ModelLIDEstimator):
         xf = check_points(model, x).to(model_dtype(model))
         t0s = self._grid() if t0s is None else torch.as_tensor(t0s, dtype=torch.float64)
         gen = torch.Generator(device=xf.device).manual_seed(self.seed)
-        rows, lows, highs, used = [], [], [], 0
+        trace = resolve_flipd_trace(self.trace, xf.shape[1])
+        rows, lows, highs, used, note = [], [], [], 0, ""
         for t0 in t0s.tolist():
-            lid, lo, hi, n = _flipd_at(model, xf, t0, cond, self.trace, self.n_probes, gen, self.chunk_size)
+            lid, lo, hi, n, note = _flipd_at(model, xf, t0, cond, trace, self.n_probes, gen, self.chunk_size)
             rows.append(lid)
             lows.append(lo)
             highs.append(hi)
             used += n
         sig = model.schedule.sigma(t0s)
         return LIDCurve(t0=t0s, sigma=sig, lid=torch.stack(rows), ci_low=torch.stack(lows), ci_high=torch.stack(highs),
-                        n_matvecs=used, dim=xf.shape[1])
+                        n_matvecs=used, dim=xf.shape[1], trace=trace, note=note)
 
     def estimate(self, model: DiffusionModel, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """LID estimates, shape (B,) float64. Also sets ``t0_`` (the t0 used) and ``result_``."""
