@@ -309,3 +309,23 @@ def test_bad_arguments_raise(fn, kwargs):
 def test_bad_matvec_shape_raises():
     with pytest.raises(MemgeoError, match="matvec returned"):
         lanczos_extreme(lambda v: v[:, :3], 2, 8, k=2)
+
+
+def test_gap_bound_stops_no_later_at_the_same_accuracy_and_vectors_stay_orthonormal():
+    """bound="gap" (error <= min(r, r^2/gap)) against the residual bound, D = 300, k = 5 at both ends."""
+    lam = score_like_spectrum(4, 300, seed=6)
+    a = with_spectrum(lam, seed=7)
+    ref = torch.cat([lam[:, :5], lam[:, -5:]], 1)
+    out = {}
+    for bound in ("residual", "gap"):
+        res = lanczos_extreme(dense_matvec(a), 4, 300, k=5, n_iter=200, tol=1e-6, dtype=F64, bound=bound,
+                              return_vectors=True, generator=torch.Generator().manual_seed(8))
+        radius = lam.abs().amax(1, keepdim=True)
+        assert float(((res.eigenvalues - ref).abs() / radius).max()) < 1e-6
+        v = res.eigenvectors
+        torch.testing.assert_close(v.transpose(1, 2) @ v, torch.eye(10, dtype=F64).expand(4, 10, 10),
+                                   rtol=0, atol=1e-8)
+        out[bound] = res.n_matvecs
+    assert out["gap"] <= out["residual"]
+    with pytest.raises(MemgeoError, match="stopping bound"):
+        lanczos_extreme(dense_matvec(a), 4, 300, bound="ritz")

@@ -194,7 +194,7 @@ class ScoreJacobianOperator:
 
     def _get_lin(self) -> Callable:
         if self._lin is None or not self.cache:
-            self.n_forwards += 1
+            self.n_forwards += 2  # torch.func.linearize evaluates the network twice: primal and traced jvp
             value, lin = linearize(self.f, self.x)
             if not self.cache:
                 return lin
