@@ -110,6 +110,12 @@ def main() -> None:
     p.add_argument("--data-dir", default="runs/copies_scale")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
+    # --e2e: time `memgeo copies` end to end instead of the neighbour search alone (see e2e())
+    p.add_argument("--e2e", action="store_true", help="time `memgeo copies` end to end (see e2e())")
+    p.add_argument("--e2e-backends", default="faiss,faiss-ivf", help="--backend values of memgeo copies")
+    p.add_argument("--e2e-metrics", default="d1d2,nn_ratio,dcr,authenticity")
+    p.add_argument("--e2e-test", type=int, default=1000, help="held-out rows (drawn like the training set)")
+    p.add_argument("--n-boot", type=int, default=200)
     # internal: one measurement in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -119,6 +125,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         child(args)
+        return
+    if args.e2e:
+        e2e(args)
         return
     data = Path(args.data_dir)
     qpath = make_data(data / f"queries_{args.queries}x{args.dim}.npy", args.queries, args.dim, args.seed + 1)
@@ -195,6 +204,61 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines.append("")
     lines.append(f"{args.queries:,} queries, dimension {args.dim}, k = {args.k}, {args.threads} thread(s).")
     return "\n".join(lines)
+
+
+def e2e(args: argparse.Namespace) -> None:
+    """``--e2e``: `memgeo copies` end to end, one child process per (N, backend), wall time and peak RSS.
+
+    The generations are the ``--queries`` file, the training set the ``train_N`` file of the search
+    benchmark and the held-out set ``--e2e-test`` rows drawn the same way (uniform, another seed), all
+    passed as memory-mapped ``.npy`` files; metrics ``--e2e-metrics`` (default the local ones that
+    scale: d1d2, nn_ratio, dcr, authenticity), ``--n-boot`` bootstrap replicates. Peak RSS is the
+    child's ``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)`` in a fresh wrapper process per
+    run); the per-stage seconds come from the run's ``summary.json`` (``timings``).
+
+    Run (docs/benchmarks.md section 11b)::
+
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/copies_scale.py --e2e --sizes 100000 \\
+            --json benchmarks/results/copies_e2e.json
+    """
+    data = Path(args.data_dir)
+    qpath = make_data(data / f"queries_{args.queries}x{args.dim}.npy", args.queries, args.dim, args.seed + 1)
+    tpath = make_data(data / f"heldout_{args.e2e_test}x{args.dim}.npy", args.e2e_test, args.dim, args.seed + 2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    memgeo = str(Path(sys.executable).with_name("memgeo"))
+    rows: list[dict[str, Any]] = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        rpath = make_data(data / f"train_{n}x{args.dim}.npy", n, args.dim, args.seed)
+        for backend in args.e2e_backends.split(","):
+            out = data / "e2e" / f"{backend}_{n}"
+            cmd = [memgeo, "copies", "--train", str(rpath), "--test", str(tpath), "--gen", str(qpath),
+                   "--metrics", args.e2e_metrics, "--backend", backend, "--n-boot", str(args.n_boot),
+                   "--seed", str(args.seed), "--json", "--out", str(out)]
+            print(f"[copies_scale e2e] N={n} {backend}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            # A fresh wrapper per run, so that its RUSAGE_CHILDREN peak is this run's alone.
+            wrap = [sys.executable, "-c", "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"]
+            t0 = time.perf_counter()
+            res = subprocess.run(wrap + cmd, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t0
+            peak = int(res.stderr.strip().splitlines()[-1]) if res.stderr.strip() else None
+            if res.returncode != 0:
+                raise SystemExit(f"memgeo copies N={n} {backend} failed:\n{res.stderr[-3000:]}")
+            summary = json.loads((out / "summary.json").read_text())
+            row = {"n": n, "backend": backend, "n_gen": summary["n_gen"], "n_test": summary["n_test"],
+                   "wall_s": wall, "maxrss_mb": peak / 1024 if peak else None,
+                   "timings": summary["timings"],
+                   "rates": {k: {f: m[f] for f in ("value", "baseline", "n_flagged")}
+                             for k, m in summary["metrics"].items()}}
+            rows.append(row)
+            print(f"[copies_scale e2e]   {json.dumps(row)}", file=sys.stderr, flush=True)
+            if args.json:
+                sys.path.insert(0, str(Path(__file__).parent))
+                from _common import machine_facts, write_json
+
+                write_json(args.json, {"args": vars(args), "machine": machine_facts(), "rows": rows})
+    for r in rows:
+        print(json.dumps(r))
 
 
 if __name__ == "__main__":
