@@ -277,13 +277,45 @@ def section_d(model, x, c, args, threads: int) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------- (x)
+
+def section_x(args, threads: int) -> list[dict]:
+    """Dense vs matrix-free crossover in D for the two auto rules (MLP h512 d3 on (1, s, s))."""
+    from memgeo.geometry import sharpness_spectrum
+
+    rows = []
+    for side in args.cross_sides:
+        torch.manual_seed(args.seed)
+        model = MLPEps(MLPConfig(data_shape=(1, side, side), hidden=512, depth=3, num_classes=NUM_CLASSES))
+        model = model.eval().requires_grad_(False)
+        b = args.cross_batch
+        x, c = points(model, b, args.t, args.seed)
+        d = model.dim
+        fwd = clock(lambda: model.score(x.reshape((b, 1, side, side)), args.t, c), args.repeats * 3, warmup=2)[0]
+        dense = clock(lambda: sharpness_spectrum(model, x, args.t, cond=c, at="raw", chunk_size=b, method="dense"),
+                      args.repeats)[0]
+        lz_wall, _, lz = clock(lambda: sharpness_spectrum(model, x, args.t, cond=c, at="raw", k=args.k,
+                                                          method="lanczos", tol=args.rel), args.repeats)
+        ex = clock(lambda: FLIPD(t0=0.05, trace="exact", chunk_size=b).estimate(model, x, cond=c), args.repeats)[0]
+        hu = clock(lambda: FLIPD(t0=0.05, trace="hutchinson", n_probes=8).estimate(model, x, cond=c), args.repeats)[0]
+        rows.append({"threads": threads, "D": d, "B": b, "forward_ms": 1e3 * fwd / b,
+                     "dense_ms": 1e3 * dense / b, "lanczos_ms": 1e3 * lz_wall / b, "lanczos_matvecs": lz.n_matvecs,
+                     "dense_over_lanczos": dense / lz_wall, "exact_ms": 1e3 * ex / b, "hutch8_ms": 1e3 * hu / b,
+                     "exact_over_hutch8": ex / hu})
+    return rows
+
+
 # -------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--sections", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    p.add_argument("--sections", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "x"],
+                   help="x: the dense vs matrix-free crossover in D behind the auto rules (not in the default)")
+    p.add_argument("--cross-sides", type=int, nargs="+", default=[8, 16, 20, 24, 28],
+                   help="section x: image sides s of the (1, s, s) MLPs (D = s^2)")
+    p.add_argument("--cross-batch", type=int, default=16, help="section x: B")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--t", type=float, default=0.1)
     p.add_argument("--k", type=int, default=5)
@@ -324,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                     out[s] += section_b(model, x, c, args, threads)
                 elif s == "c":
                     out[s] += section_c(args, threads)
+                elif s == "x":
+                    out[s] += section_x(args, threads)
                 else:
                     out[s] += section_d(model, x, c, args, threads)
     total = time.perf_counter() - t_start
@@ -346,11 +380,17 @@ def main(argv: list[str] | None = None) -> int:
               ("forward_evals", "forward evals / row"), ("derivative_passes", "derivative passes / row")],
         "d": [("threads", "threads"), ("product", "product (B = 64)"), ("cached_ms", "cached ms"),
               ("uncached_ms", "uncached ms"), ("ratio", "uncached / cached"), ("ratio_cpu", "ratio, CPU")],
+        "x": [("threads", "threads"), ("D", "D"), ("B", "B"), ("forward_ms", "forward ms / sample"),
+              ("dense_ms", "full spectrum ms / sample"), ("lanczos_ms", f"Lanczos {args.k} smallest ms / sample"),
+              ("lanczos_matvecs", "Lanczos matvecs"), ("dense_over_lanczos", "dense / Lanczos"),
+              ("exact_ms", "FLIPD exact ms / sample"), ("hutch8_ms", "FLIPD Hutchinson k=8 ms / sample"),
+              ("exact_over_hutch8", "exact / Hutchinson")],
     }
     titles = {"a": "(a) 5 most negative eigenvalues of (J + J^T)/2, equal accuracy",
               "b": "(b) FLIPD with k Hutchinson probes vs 1 + k forwards (B = 64, t0 = 0.05)",
               "c": "(c) Jeon's first-step score vs 2 forwards (tiny random caption model)",
-              "d": "(d) cached vs uncached products"}
+              "d": "(d) cached vs uncached products",
+              "x": "(x) dense vs matrix-free crossover (MLP h512 d3 on (1, s, s))"}
     for s in args.sections:
         print(f"### {titles[s]}\n")
         print(markdown_table(out[s], tables[s]) + "\n")

@@ -190,9 +190,11 @@ def test_flipd_one_probe_and_auto_trace():
     s = model.score(y, tt).reshape(6, -1)
     expected = 30 + s2 * (torch.einsum("bi,bij,bj->b", v, jac, v) + (s * s).sum(1))
     torch.testing.assert_close(lid, expected, rtol=1e-10, atol=1e-8)
-    # trace="auto": exact at D = 30 <= FLIPD_EXACT_MAX_DIM
+    # trace="auto": exact at D = 30 <= 8 (1 + 8); Hutchinson above the bound
     auto = FLIPD(t0=0.05, trace="auto")
     torch.testing.assert_close(auto.estimate(model, x), exact)
     assert auto.result_.trace == "exact"
-    from memgeo.geometry.lid.flipd import FLIPD_EXACT_MAX_DIM, resolve_flipd_trace
-    assert resolve_flipd_trace("auto", FLIPD_EXACT_MAX_DIM + 1) == "hutchinson"
+    from memgeo.geometry.lid.flipd import FLIPD_EXACT_FACTOR, resolve_flipd_trace
+    assert resolve_flipd_trace("auto", FLIPD_EXACT_FACTOR * 9, 8) == "exact"
+    assert resolve_flipd_trace("auto", FLIPD_EXACT_FACTOR * 9 + 1, 8) == "hutchinson"
+    assert resolve_flipd_trace("auto", 30, 1) == "hutchinson" and resolve_flipd_trace("hutch++", 4) == "hutch++"

@@ -35,10 +35,12 @@ SPECTRUM_METHODS = ("auto", "dense", "lanczos")
 LANCZOS_MIN_DIM = 512
 """``method="auto"`` with ``k`` eigenvalues uses Lanczos from this D on (dense below); all eigenvalues: dense.
 
-Measured with benchmarks/kernels.py (docs/design.md, "Dense or matrix-free"): for the 5 most negative
-eigenvalues at 1e-4 of the MLP nets, batched Lanczos costs about as much as the dense route near
-D = 400 and is several times cheaper at D = 784; for a UNet (dense vmap(jacrev) is ~500 forwards per
-sample at D = 784) the crossover is lower, so this threshold is on the safe side for costly nets."""
+Measured with benchmarks/kernels.py section x (docs/design.md, "Dense or matrix-free"): for the 5 most
+negative eigenvalues at 1e-4 of MLP nets (B = 16), batched Lanczos costs as much as the full dense
+spectrum at D = 400 and half as much at D = 784 (dense: D batched products plus an O(D^3) eigvalsh;
+Lanczos: 70-90 symmetric products whatever D). Nets whose dense ``vmap(jacrev)`` is costlier per
+product (the UNet of docs/benchmarks.md section 1: ~560 forwards per sample at D = 784) cross over
+lower, so the threshold is on the safe side for them."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ which is d at small t0; at an atom of the empirical score FLIPD is exactly 0.
 
 * :class:`FLIPD`: one t0 (or ``"auto"``: the flattest point of the LID-vs-t0 curve), exact trace or
   Hutchinson / Hutch++ (reverse-mode products; tr(J^T) = tr(J)) with a confidence interval, or
-  ``trace="auto"`` (exact up to :data:`FLIPD_EXACT_MAX_DIM`, Hutchinson above). The stochastic traces
+  ``trace="auto"`` (exact for D <= :data:`FLIPD_EXACT_FACTOR` (1 + n_probes), Hutchinson above). The stochastic traces
   cost one forward at the B points (its output gives ||s||^2 too) plus one backward per probe, all
   probes in one ``vmap``-ed pass over the cached graph (measured within 1.5 x (1 + k) forwards,
   docs/benchmarks.md section 10). One probe is allowed; it has no interval (``ci`` is (-inf, inf));
@@ -36,19 +36,20 @@ from memgeo.models.base import DiffusionModel, as_time, expand_like, model_dtype
 from memgeo.models.schedule import VPSchedule
 
 
-FLIPD_EXACT_MAX_DIM = 256
-"""``trace="auto"`` takes the exact (dense ``vmap(jacrev)``) trace up to this D, Hutchinson above.
+FLIPD_EXACT_FACTOR = 8
+"""``trace="auto"`` takes the exact (dense ``vmap(jacrev)``) trace when D <= FLIPD_EXACT_FACTOR * (1 + n_probes).
 
-Measured (docs/design.md, "Dense or matrix-free"): on the MLP nets of benchmarks/kernels.py the exact
-trace costs about as much as Hutchinson with 8 probes at D = 64 and grows linearly in D, several
-times the 8-probe cost at D = 784; up to D = 256 paying it removes all probe variance."""
+Measured (benchmarks/kernels.py section x, docs/design.md "Dense or matrix-free"): on MLP nets the
+exact trace costs about 0.3 D forwards per sample and Hutchinson with k probes about 0.5 (1 + k), so
+the exact trace costs at most about 4x the Hutchinson one below this bound (8 probes: D <= 72), a price
+worth paying for removing the probe variance; above it Hutchinson is used."""
 
 
-def resolve_flipd_trace(trace: str, dim: int) -> str:
-    """``"auto"`` -> ``"exact"`` for D <= :data:`FLIPD_EXACT_MAX_DIM`, else ``"hutchinson"``; others unchanged."""
+def resolve_flipd_trace(trace: str, dim: int, n_probes: int = 8) -> str:
+    """``"auto"`` -> ``"exact"`` for D <= FLIPD_EXACT_FACTOR (1 + n_probes), else ``"hutchinson"``."""
     if trace != "auto":
         return trace
-    return "exact" if dim <= FLIPD_EXACT_MAX_DIM else "hutchinson"
+    return "exact" if dim <= FLIPD_EXACT_FACTOR * (1 + n_probes) else "hutchinson"
 
 
 @dataclass
@@ -152,7 +153,8 @@ class FLIPD(ModelLIDEstimator):
     trace : {"exact", "hutchinson", "hutch++", "auto"}
         "exact" uses the dense Jacobian (D reverse passes, batched); the stochastic methods use
         ``n_probes`` reverse-mode products per sample and give a confidence interval; "auto" is exact
-        for D <= :data:`FLIPD_EXACT_MAX_DIM` and Hutchinson above (the choice is in ``result_.trace``).
+        for D <= :data:`FLIPD_EXACT_FACTOR` (1 + n_probes) and Hutchinson above (the choice is in
+        ``result_.trace``).
     n_probes : int
         Probes of a stochastic trace (>= 1; a single probe gives no interval, see ``result_.note``).
     seed : int
@@ -191,7 +193,7 @@ class FLIPD(ModelLIDEstimator):
         xf = check_points(model, x).to(model_dtype(model))
         t0s = self._grid() if t0s is None else torch.as_tensor(t0s, dtype=torch.float64)
         gen = torch.Generator(device=xf.device).manual_seed(self.seed)
-        trace = resolve_flipd_trace(self.trace, xf.shape[1])
+        trace = resolve_flipd_trace(self.trace, xf.shape[1], self.n_probes)
         rows, lows, highs, used, note = [], [], [], 0, ""
         for t0 in t0s.tolist():
             lid, lo, hi, n, note = _flipd_at(model, xf, t0, cond, trace, self.n_probes, gen, self.chunk_size)
