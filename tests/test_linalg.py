@@ -329,3 +329,22 @@ def test_gap_bound_stops_no_later_at_the_same_accuracy_and_vectors_stay_orthonor
     assert out["gap"] <= out["residual"]
     with pytest.raises(MemgeoError, match="stopping bound"):
         lanczos_extreme(dense_matvec(a), 4, 300, bound="ritz")
+
+
+def test_slq_batched_probes_match_the_probe_loop_in_fewer_calls():
+    lam = score_like_spectrum(3, 60, seed=9)
+    a = with_spectrum(lam, seed=10)
+    calls = {"n": 0}
+
+    def mv(v):  # (B, D) or (P, B, D)
+        calls["n"] += 1
+        return torch.einsum("bij,...bj->...bi", a, v)
+
+    kw = dict(n_probes=4, n_iter=20, dtype=F64, grid=64)
+    loop = slq_density(mv, 3, 60, generator=torch.Generator().manual_seed(11), **kw)
+    n_loop, calls["n"] = calls["n"], 0
+    many = slq_density(mv, 3, 60, generator=torch.Generator().manual_seed(11), batched=True, **kw)
+    assert n_loop == 4 * 20 and calls["n"] == 20
+    torch.testing.assert_close(many.nodes, loop.nodes, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(many.weights, loop.weights, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(many.density, loop.density, rtol=1e-9, atol=1e-9)

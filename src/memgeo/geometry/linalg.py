@@ -449,7 +449,7 @@ def arnoldi_eigs(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int =
 def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter: int = 40, *,
                 grid: torch.Tensor | int | None = None, bandwidth: float | None = None, probe: str = "rademacher",
                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                device=None) -> SLQDensity:
+                device=None, batched: bool = False) -> SLQDensity:
     """Spectral density of symmetric per-sample operators by stochastic Lanczos quadrature.
 
     For a unit start vector q, m Lanczos steps give T = S diag(theta) S^T and the Gauss quadrature
@@ -480,6 +480,11 @@ def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter:
         Start vector distribution before normalization to unit length.
     generator, dtype, device
         Randomness, basis dtype and device.
+    batched : bool
+        Run the probes together: one Lanczos over P * B rows whose ``matvec`` receives (P, B, D)
+        stacks (e.g. ``ScoreJacobianOperator.sym_matvec``, one shared graph), m calls instead of
+        P * m. Same start vectors and nodes as the per-probe loop (up to restarts after breakdown,
+        which then draw in another order).
 
     Returns
     -------
@@ -494,12 +499,23 @@ def slq_density(matvec: Matvec, batch: int, dim: int, n_probes: int = 8, n_iter:
     if device is None and generator is not None:
         device = generator.device
     nodes, weights = [], []
-    for _ in range(n_probes):
-        q0 = _start_vector(batch, dim, probe, generator, dtype, device)
-        alpha, beta, _, _ = _lanczos(matvec, q0, m, generator)
+    if batched:  # all probes advance as one Lanczos over P * B rows; the matvec sees (P, B, D)
+        q0 = torch.cat([_start_vector(batch, dim, probe, generator, dtype, device) for _ in range(n_probes)])
+
+        def stacked(v: torch.Tensor) -> torch.Tensor:
+            return _apply(matvec, v.reshape(n_probes, batch, dim)).reshape(n_probes * batch, dim)
+
+        alpha, beta, _, _ = _lanczos(stacked, q0, m, generator)
         theta, s, _ = _ritz(alpha, beta)
-        nodes.append(theta)
-        weights.append(s[:, 0, :] ** 2 / n_probes)
+        nodes = list(theta.reshape(n_probes, batch, -1))
+        weights = list((s[:, 0, :] ** 2 / n_probes).reshape(n_probes, batch, -1))
+    else:
+        for _ in range(n_probes):
+            q0 = _start_vector(batch, dim, probe, generator, dtype, device)
+            alpha, beta, _, _ = _lanczos(matvec, q0, m, generator)
+            theta, s, _ = _ritz(alpha, beta)
+            nodes.append(theta)
+            weights.append(s[:, 0, :] ** 2 / n_probes)
     node = torch.cat(nodes, 1)
     weight = torch.cat(weights, 1)
     lo, hi = float(node.min()), float(node.max())
