@@ -1,4 +1,5 @@
-"""`memgeo families`: the duplicated-9 experiment across generator families, on a tiny quick run.
+"""`memgeo families`: the duplicated-9 experiment across generative families (ddpm, sd2015, vae, gsvae, gan,
+wgan-gp), on a tiny quick run.
 
 Tiny step counts on a 400-row subsample: the check is the experiment's plumbing (files, table
 columns, AUROC where copies exist and a reason where not, verdict sentences), plus two closed-form
@@ -17,7 +18,10 @@ import pytest
 import torch
 
 from memgeo.workflows.families_demo import (
+    DIFFUSION_FAMILIES,
     EXPERIMENT_FAMILIES,
+    KFOLD_FAMILIES,
+    NO_LIKELIHOOD,
     TABLE_COLUMNS,
     FamiliesDemoConfig,
     _finite_scores,
@@ -25,8 +29,9 @@ from memgeo.workflows.families_demo import (
     run_families_demo,
 )
 
-TINY = dict(steps={"vae": 30, "gsvae": 30, "gan": 30, "wgan-gp": 10}, n_samples=40, subsample=400, hidden=32,
-            kfold_rows=60, kfold_steps=20, kfold_iw=4)
+TINY = dict(steps={"ddpm": 30, "sd2015": 10, "vae": 30, "gsvae": 30, "gan": 30, "wgan-gp": 10}, n_samples=40,
+            subsample=400, hidden=32, sd2015_hidden=16, sd2015_T=8, kfold_rows=60,
+            kfold_steps={"ddpm": 20, "sd2015": 10, "vae": 20, "gsvae": 20}, kfold_iw=4, kfold_bound_steps=20)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,10 @@ def test_files_table_and_verdict(tiny_run):
     html = (out / "report.html").read_text()
     for fam, row, sentence in zip(EXPERIMENT_FAMILIES, saved["families"], saved["verdict"]):
         assert sentence.startswith(f"**{fam}**")
+        # the diffusions are scored by sharpness / FLIPD, the latent generators by their Jacobian
+        assert row["geometric_score"].startswith("sharpness" if fam in DIFFUSION_FAMILIES else "pushforward")
+        assert row["lid_model_estimator"] == ("FLIPD" if fam in DIFFUSION_FAMILIES else "rank of J_G(z)")
+        assert (row["latent"] is None) == (fam in DIFFUSION_FAMILIES)
         assert ("copies the duplicated 9" in sentence) == row["memorizes"]
         assert ("does not memorize" in sentence) == (not row["memorizes"])
         assert (out / "figures" / f"samples_{fam}.png").is_file()
@@ -55,10 +64,10 @@ def test_files_table_and_verdict(tiny_run):
         # AUROC where both copies and non-copies exist, a stated reason where not.
         n_copies, n = row["n_copies"], row["n_generations"]
         if 0 < n_copies < n:
-            assert row["auroc_log_density"] is not None and 0.0 <= row["auroc_log_density"] <= 1.0
-            assert row["auroc_log_density_ci_low"] <= row["auroc_log_density"] <= row["auroc_log_density_ci_high"]
+            assert row["auroc_score"] is not None and 0.0 <= row["auroc_score"] <= 1.0
+            assert row["auroc_score_ci_low"] <= row["auroc_score"] <= row["auroc_score_ci_high"]
         else:
-            assert row["auroc_log_density"] is None
+            assert row["auroc_score"] is None
             assert "only" in row["auroc_reason"] and "not computed" in sentence
         mmh_total = sum(row[f"mmh_{g}_{k}"] for g in ("copies", "non_copies") for k in ("none", "OD-Mem", "DD-Mem"))
         assert mmh_total == n
@@ -79,8 +88,8 @@ def test_table_matches_generations(tiny_run):
         labels = np.array([r["is_copy"] == "True" for r in g])
         assert int(labels.sum()) == row["n_copies"]
         if 0 < labels.sum() < len(labels):
-            scores = _finite_scores(np.array([float(r["log_density"]) for r in g]))
-            assert row["auroc_log_density"] == pytest.approx(auroc(scores, labels))
+            scores = _finite_scores(np.array([float(r["score"]) for r in g]))
+            assert row["auroc_score"] == pytest.approx(auroc(scores, labels))
 
 
 def test_finite_scores_keep_ranks():
@@ -136,21 +145,24 @@ def test_auroc_where_a_generator_copies(tmp_path, monkeypatch):
     row = s["families"][0]
     assert 0 < row["n_copies"] < row["n_generations"]
     assert row["copy_rate_memorized"] == 1.0 and row["memorizes"]
-    assert row["auroc_log_density"] == pytest.approx(1.0)
+    assert row["auroc_score"] == pytest.approx(1.0)
     assert row["separates"] and "separates copies" in s["verdict"][0]
 
 
-def test_kfold_summary_matches_rows(tiny_run):
-    """The vae's K-fold summary agrees with an independent recomputation from kfold.csv: k = 2, one repeat
-    gives exactly one in-fold and one out-of-fold model per row, so score = log_p_in - log_p_out; the
-    duplicated/rest means and the isolated row (largest nearest-neighbour distance) follow from the rows."""
+@pytest.mark.parametrize("family", KFOLD_FAMILIES)
+def test_kfold_summary_matches_rows(tiny_run, family):
+    """Every family with a likelihood or bound gets a K-fold summary that agrees with an independent
+    recomputation from its kfold.csv rows: k = 2, one repeat gives exactly one in-fold and one out-of-fold
+    model per row, so score = log_p_in - log_p_out; the duplicated/rest means and the isolated row (largest
+    nearest-neighbour distance) follow from the rows."""
     out, summary = tiny_run
-    kf = summary["kfold"]
-    assert kf is not None and kf["rows"] == 60 and kf["k"] == 2 and kf["repeats"] == 1
+    kf = summary["kfold"][family]
+    assert kf["family"] == family and kf["rows"] == 60 and kf["k"] == 2 and kf["repeats"] == 1
     with open(out / "kfold.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["family"] == family]
     assert len(rows) == 60
     score = np.array([float(r["score"]) for r in rows])
+    assert np.all(np.isfinite(score))
     np.testing.assert_allclose(score, [float(r["log_p_in"]) - float(r["log_p_out"]) for r in rows], atol=1e-9)
     dup = np.array([r["is_duplicated"] == "True" for r in rows])
     start, stop = summary["injection"]["copy_rows"]
@@ -166,7 +178,23 @@ def test_kfold_summary_matches_rows(tiny_run):
                                                                  if (~dup & (fold == j)).any()]))
     nn = np.array([float(r["nn_distance"]) for r in rows])
     assert kf["isolated"]["row"] == int(rows[int(np.argmax(nn))]["row"])
+    row = next(r for r in summary["families"] if r["family"] == family)
+    assert row["kfold_duplicated_balanced_mean"] == pytest.approx(kf["duplicated"]["balanced_mean"])
+    assert row["kfold_rest_balanced_mean"] == pytest.approx(kf["rest"]["balanced_mean"])
     assert "K-fold" in (out / "report.html").read_text()
+
+
+def test_kfold_missing_says_why_for_gans(tiny_run):
+    """GAN and WGAN-GP have no likelihood: no K-fold numbers, and the table says so."""
+    out, summary = tiny_run
+    for row in summary["families"]:
+        if row["family"] in KFOLD_FAMILIES:
+            assert row["kfold_note"] == ""
+        else:
+            assert row["family"] not in summary["kfold"]
+            assert summary["kfold_missing"][row["family"]] == NO_LIKELIHOOD == row["kfold_note"]
+            assert row["kfold_duplicated_balanced_mean"] is None
+    assert "no likelihood" in (out / "report.html").read_text()
 
 
 def test_kfold_duplicates_score_zero_with_a_deterministic_model(tmp_path, monkeypatch):
@@ -187,8 +215,8 @@ def test_kfold_duplicates_score_zero_with_a_deterministic_model(tmp_path, monkey
     cfg = FamiliesDemoConfig(families=("vae",), n_samples=20, subsample=400, hidden=16, latent_dim=4,
                              kfold_rows=40, kfold_iw=2)
     s = run_families_demo(cfg, tmp_path / "run")
-    assert s["kfold"]["rest"]["mean"] == pytest.approx(0.0, abs=1e-12)
-    assert s["kfold"]["isolated"]["score"] == pytest.approx(0.0, abs=1e-12)
+    assert s["kfold"]["vae"]["rest"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert s["kfold"]["vae"]["isolated"]["score"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_cli_steps_option(tmp_path):
@@ -207,7 +235,7 @@ def test_cli_steps_option(tmp_path):
                                    "--config", str(cfg), "--out", str(out)])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["families"][0]["steps"] == 7 and saved["kfold"] is None
+    assert saved["families"][0]["steps"] == 7 and saved["kfold"] == {}
     conf = json.loads((out / "config.json").read_text())
     assert conf["latent_dim"] == 3 and conf["steps"]["gan"] == DEFAULT_STEPS["gan"]
     bad = CliRunner().invoke(app, ["families", "--steps", "vae=x", "--out", str(tmp_path / "bad")])
