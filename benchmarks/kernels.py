@@ -211,7 +211,6 @@ def section_b(model, x, c, args, threads: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------------- (c)
 
 def section_c(args, threads: int) -> list[dict]:
-    from memgeo.memorization.prompt_scores import get_prompt_score
     from memgeo.memorization.prompt_scores.base import SamplingSettings, eps_pair, generation_noise
     from memgeo.models.caption import CaptionDiffusionModel, CaptionModelConfig, build_vocab
 
@@ -220,14 +219,22 @@ def section_c(args, threads: int) -> list[dict]:
     model = CaptionDiffusionModel(CaptionModelConfig(data_shape=(1, 8, 8), vocab=build_vocab(captions), max_length=8,
                                                      embed_dim=32, heads=2, hidden=128, depth=3, time_dim=32))
     model = model.eval().requires_grad_(False)
-    r = args.prompts
-    prompts = [captions[i % len(captions)] for i in range(r)]
-    cond = model.encode(prompts)
-    x = generation_noise(model, range(r), 1)
+    rows = []
     sampling = SamplingSettings(steps=50)
     t = sampling.first_time(model)
-    with torch.no_grad():
-        f_wall, f_cpu, _ = clock(lambda: eps_pair(model, x[:, 0], t, cond), args.repeats * 3, warmup=2)
+    for r in args.prompts:
+        prompts = [captions[i % len(captions)] for i in range(r)]
+        cond = model.encode(prompts)
+        x = generation_noise(model, range(r), 1)
+        with torch.no_grad():
+            f_wall, f_cpu, _ = clock(lambda: eps_pair(model, x[:, 0], t, cond), args.repeats * 3, warmup=2)
+        rows += _jeon_rows(model, cond, x, sampling, r, f_wall, f_cpu, args, threads)
+    return rows
+
+
+def _jeon_rows(model, cond, x, sampling, r, f_wall, f_cpu, args, threads) -> list[dict]:
+    from memgeo.memorization.prompt_scores import get_prompt_score
+
     rows = []
     for name in ("jeon", "jeon_vjp"):
         score = get_prompt_score(name)
@@ -328,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scipy-tols", type=float, nargs="+", default=[1e-2, 1e-3],
                    help="looser ARPACK tols tried (on the calibration samples) before --rel")
     p.add_argument("--probes", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--prompts", type=int, default=32, help="prompts (rows) of section (c)")
+    p.add_argument("--prompts", type=int, nargs="+", default=[32, 256], help="prompts (rows) of section (c)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eig-repeats", type=int, default=1, help="repeats of the per-sample eigensolver loops")
     p.add_argument("--mmap-threshold", type=int, default=0)
