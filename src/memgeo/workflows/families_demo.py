@@ -433,21 +433,21 @@ def _kfold_text(kfolds: dict[str, dict[str, Any]], missing: dict[str, str], cfg:
         return "Not run: " + "; ".join(f"{f}: {why}" for f, why in missing.items()) + "."
     any_kf = next(iter(kfolds.values()))
     parts = [f"K-fold likelihood memorization score (van den Burg & Williams; k = {any_kf['k']}, "
-             f"{any_kf['repeats']} repeat(s), the same {any_kf['rows']} random training rows for every family)."]
+             f"{any_kf['repeats']} repeat(s), the same {any_kf['rows']} random training rows for every family).\n"]
     for fam, kf in kfolds.items():
         d, r, iso = kf["duplicated"], kf["rest"], kf["isolated"]
-        parts.append(f"**{fam}** ({kf['bound']}; {kf['steps']} steps per fold, {kf['train_s']:.0f} s): fold-balanced "
+        parts.append(f"- **{fam}** ({kf['bound']}; {kf['steps']} steps per fold, {kf['train_s']:.0f} s): fold-balanced "
                      f"mean {_f2(d['balanced_mean'])} nats over the {d['n']} copies of the duplicated "
                      f"{cfg.memorize_class} (mean |score| {_f2(d['mean_abs'])}) vs {_f2(r['balanced_mean'])} over the "
                      f"other {r['n']} rows (median {_f2(r['median'])}); the most isolated row scores "
                      f"{iso['score']:.2f} (above {100 * iso['rank_fraction']:.0f}% of rows).")
     for fam, why in missing.items():
-        parts.append(f"**{fam}**: {why}.")
-    parts.append("A duplicated row's identical copies sit in the other fold, so the held-out model has seen the same "
+        parts.append(f"- **{fam}**: {why}.")
+    parts.append("\nA duplicated row's identical copies sit in the other fold, so the held-out model has seen the same "
                  "image: its expected score is 0 whatever the model memorizes. With one model per fold, a single "
                  "row's score still carries the difference between the two models' log p of that image (mean "
                  "|score|), with opposite signs in the two folds; only the fold-balanced mean cancels it.")
-    return " ".join(parts)
+    return "\n".join(parts)
 
 
 def _row(family: str, cfg: FamiliesDemoConfig, tr: _Trained, is_copy: np.ndarray, nn_cls: np.ndarray,
@@ -587,7 +587,7 @@ def run_families_demo(cfg: FamiliesDemoConfig, out: str | Path) -> dict[str, Any
         f"for class {cfg.memorize_class} or {cfg.control_class} by the class of its nearest training image. "
         f"**ddpm** is `memgeo demo`'s class-conditional model: half its generations are conditioned on "
         f"{cfg.memorize_class}, half on {cfg.control_class}; every other family is unconditional. "
-        f"**Sharpness** (ddpm, sd2015) is the demo's −mean(λσ²) of the Hessian of log p_t at t = {cfg.diffusion_t:g} "
+        f"**Sharpness** (ddpm, sd2015) is the demo's −mean(λσ²) of the Hessian of log p_{t} at t = {cfg.diffusion_t:g} "
         "(sd2015 through its score adapter); **LID_{model}** there is FLIPD at t₀ = t. For the latent families the "
         "score is the **pushforward log-density** at the generation's own latent, log p(z) − Σᵢ log sᵢ(J_{G}(z)) "
         "(higher = denser = predicted copy; +∞ where the Jacobian collapses, ranked above every finite value; for "
