@@ -101,13 +101,17 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _f3(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _report_row(r: dict[str, Any]) -> dict[str, str]:
     """The reader's view of one :data:`TABLE_COLUMNS` row: readable headers, rates and CI together."""
     if r.get("auroc_score") is None:
         auroc = f"not defined ({r.get('auroc_reason') or 'no copies'})"
     else:
-        auroc = (f"{r['auroc_score']:.3f} [{_fmt(r.get('auroc_score_ci_low'))}, "
-                 f"{_fmt(r.get('auroc_score_ci_high'))}]")
+        lo, hi = r.get("auroc_score_ci_low"), r.get("auroc_score_ci_high")
+        auroc = f"{r['auroc_score']:.3f} [{_f3(lo)}, {_f3(hi)}]"
     if r.get("kfold_duplicated_balanced_mean") is None:
         kf = r.get("kfold_note") or "not run"
     else:
@@ -322,6 +326,9 @@ def _verdict(row: dict[str, Any], det: dict[str, Any], cfg: FamiliesDemoConfig) 
         sep = f"the {score} AUROC is not computed: {det.get('reason')}"
     elif row["separates"]:
         sep = f"its {score} separates copies from non-copies (AUROC {_auroc_text(det)})"
+    elif det["auroc"] <= 1.0 - SEPARATES_AUROC and det.get("ci_high") is not None and det["ci_high"] < 0.5:
+        sep = (f"its {score} separates copies from non-copies in reverse: copies score lower "
+               f"(AUROC {_auroc_text(det)})")
     else:
         sep = f"its {score} does not separate copies from non-copies (AUROC {_auroc_text(det)})"
     return f"{head} ({rates}); {sep}."
@@ -587,7 +594,7 @@ def run_families_demo(cfg: FamiliesDemoConfig, out: str | Path) -> dict[str, Any
         f"for class {cfg.memorize_class} or {cfg.control_class} by the class of its nearest training image. "
         f"**ddpm** is `memgeo demo`'s class-conditional model: half its generations are conditioned on "
         f"{cfg.memorize_class}, half on {cfg.control_class}; every other family is unconditional. "
-        f"**Sharpness** (ddpm, sd2015) is the demo's −mean(λσ²) of the Hessian of log p_{t} at t = {cfg.diffusion_t:g} "
+        f"**Sharpness** (ddpm, sd2015) is the demo's −mean(λσ²) of the Hessian of log p_{{t}} at t = {cfg.diffusion_t:g} "
         "(sd2015 through its score adapter); **LID_{model}** there is FLIPD at t₀ = t. For the latent families the "
         "score is the **pushforward log-density** at the generation's own latent, log p(z) − Σᵢ log sᵢ(J_{G}(z)) "
         "(higher = denser = predicted copy; +∞ where the Jacobian collapses, ranked above every finite value; for "
