@@ -58,6 +58,9 @@ def test_files_table_and_verdict(tiny_run):
         assert row["lid_model_estimator"] == ("FLIPD" if fam in DIFFUSION_FAMILIES else "rank of J_G(z)")
         assert (row["latent"] is None) == (fam in DIFFUSION_FAMILIES)
         assert ("copies the duplicated 9" in sentence) == row["memorizes"]
+        gens = [g for g in csv.DictReader((out / "generations.csv").open()) if g["family"] == fam]
+        n_src = sum(g["copy_of_source"] == "True" for g in gens)
+        assert row["n_copies_of_source"] == n_src and row["memorizes"] == (n_src >= 5)
         assert ("does not memorize" in sentence) == (not row["memorizes"])
         assert (out / "figures" / f"samples_{fam}.png").is_file()
         assert fam in html
