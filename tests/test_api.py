@@ -6,9 +6,9 @@ import sys
 import memgeo
 
 CURATED = [
-    "CFDM", "FLIPD", "FPRegress", "LID_ESTIMATORS", "LocalPCA", "MITIGATIONS", "MLE", "MemgeoError", "NormalBundle",
-    "PROMPT_SCORES", "TwoNN", "__version__", "get_lid_estimator", "get_mitigation", "get_prompt_score", "load",
-    "mmh_audit", "sample", "sharpness_spectrum", "simulate",
+    "CFDM", "COPY_METRICS", "FLIPD", "FPRegress", "GeneratorLID", "LID_ESTIMATORS", "LocalPCA", "MITIGATIONS", "MLE", "MemgeoError", "NormalBundle",
+    "PROMPT_SCORES", "TwoNN", "__version__", "compute_copy_metrics", "get_lid_estimator", "get_mitigation",
+    "get_prompt_score", "kfold_memorization_score", "load", "mmh_audit", "sample", "sharpness_spectrum", "simulate",
 ]
 
 
@@ -22,7 +22,8 @@ def test_each_name_resolves_to_its_home():
     from memgeo.errors import MemgeoError, Registry
     from memgeo.geometry import lid
     from memgeo.geometry.sharpness import sharpness_spectrum
-    from memgeo.memorization import mitigation, prompt_scores
+    from memgeo.memorization import copy_metrics, mitigation, prompt_scores
+    from memgeo.memorization.kfold import kfold_memorization_score
     from memgeo.memorization.mmh import mmh_audit
     from memgeo.models.loading import load
     from memgeo.models.sampling import sample
@@ -30,14 +31,17 @@ def test_each_name_resolves_to_its_home():
     home = {"load": load, "sample": sample, "sharpness_spectrum": sharpness_spectrum, "mmh_audit": mmh_audit,
             "simulate": simulate, "MemgeoError": MemgeoError,
             "get_prompt_score": prompt_scores.get_prompt_score, "PROMPT_SCORES": prompt_scores.PROMPT_SCORES,
-            "get_mitigation": mitigation.get_mitigation, "MITIGATIONS": mitigation.MITIGATIONS}
+            "get_mitigation": mitigation.get_mitigation, "MITIGATIONS": mitigation.MITIGATIONS,
+            "COPY_METRICS": copy_metrics.COPY_METRICS, "compute_copy_metrics": copy_metrics.compute_copy_metrics,
+            "kfold_memorization_score": kfold_memorization_score}
     home.update({n: getattr(lid, n) for n in ("CFDM", "FLIPD", "FPRegress", "LID_ESTIMATORS", "LocalPCA", "MLE",
-                                               "NormalBundle", "TwoNN", "get_lid_estimator")})
+                                               "NormalBundle", "TwoNN", "get_lid_estimator", "GeneratorLID")})
     assert sorted(home) == [n for n in CURATED if n != "__version__"]
     for name, obj in home.items():
         assert getattr(memgeo, name) is obj, name
     assert isinstance(memgeo.__version__, str) and memgeo.__version__.count(".") == 2
-    assert all(isinstance(getattr(memgeo, n), Registry) for n in ("LID_ESTIMATORS", "PROMPT_SCORES", "MITIGATIONS"))
+    assert all(isinstance(getattr(memgeo, n), Registry) for n in ("LID_ESTIMATORS", "PROMPT_SCORES", "MITIGATIONS",
+                                                                      "COPY_METRICS"))
     assert isinstance(memgeo.get_lid_estimator("flipd"), memgeo.FLIPD)
 
 

@@ -15,6 +15,9 @@ The top level is a small curated API; everything else lives in the sub-packages:
     score = memgeo.get_prompt_score("wen")                 # memgeo.PROMPT_SCORES lists them
     method = memgeo.get_mitigation("sail")                 # memgeo.MITIGATIONS lists them
     hist = memgeo.simulate(family, loop="replace")         # model-collapse simulator
+    lid = memgeo.GeneratorLID().estimate(vae, x)           # rank of a decoder/generator Jacobian
+    res = memgeo.compute_copy_metrics(train, test, gen)    # model-agnostic copy metrics (COPY_METRICS)
+    mem = memgeo.kfold_memorization_score(n, fit, loglik)  # van den Burg & Williams, any likelihood model
 
 Only :class:`MemgeoError` and ``__version__`` are imported eagerly; the other names are resolved on
 first use (module ``__getattr__``), so ``import memgeo`` stays cheap and never pulls in the
@@ -50,6 +53,10 @@ _LAZY: dict[str, str] = {
     "MITIGATIONS": "memgeo.memorization.mitigation",
     "get_mitigation": "memgeo.memorization.mitigation",
     "simulate": "memgeo.collapse",
+    "GeneratorLID": "memgeo.geometry.lid",
+    "kfold_memorization_score": "memgeo.memorization.kfold",
+    "COPY_METRICS": "memgeo.memorization.copy_metrics",
+    "compute_copy_metrics": "memgeo.memorization.copy_metrics",
 }
 
 __all__ = sorted(["MemgeoError", "__version__", *_LAZY])
@@ -71,8 +78,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never run
     from memgeo.collapse import simulate
-    from memgeo.geometry.lid import (CFDM, FLIPD, LID_ESTIMATORS, MLE, FPRegress, LocalPCA, NormalBundle, TwoNN,
-                                     get_lid_estimator)
+    from memgeo.geometry.lid import (CFDM, FLIPD, LID_ESTIMATORS, MLE, FPRegress, GeneratorLID, LocalPCA,
+                                     NormalBundle, TwoNN, get_lid_estimator)
+    from memgeo.memorization.copy_metrics import COPY_METRICS, compute_copy_metrics
+    from memgeo.memorization.kfold import kfold_memorization_score
     from memgeo.geometry.sharpness import sharpness_spectrum
     from memgeo.memorization.mitigation import MITIGATIONS, get_mitigation
     from memgeo.memorization.mmh import mmh_audit
