@@ -339,6 +339,7 @@ from memgeo.cli import detect as _detect_commands  # noqa: E402,F401
 from memgeo.cli import families as _families_commands  # noqa: E402,F401
 from memgeo.cli import mitigate as _mitigate_commands  # noqa: E402,F401
 from memgeo.cli import scale as _scale_commands  # noqa: E402,F401
+from memgeo.cli import kfold as _kfold_commands  # noqa: E402,F401
 
 
 def main() -> None:

@@ -7,14 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from memgeo.cli.common import Out, app, load_config
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
+                               scale_options, shard_line)
 from memgeo.cli.output import Json, emit, num
 
 SETS_HELP = ".npy file (N, ...) (memory-mapped) or a folder of PNG/JPEG images (converted to the training images' " \
             "mode and size)"
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 def copies(
     train: Annotated[str, typer.Option(help="Training set: " + SETS_HELP + ".")],
     test: Annotated[str, typer.Option(help="Held-out set of the same distribution, never trained on: " + SETS_HELP
@@ -48,6 +49,11 @@ def copies(
                                            "[default: 0]")] = None,
     json_out: Json = False,
     out: Out = Path("runs/copies"),
+    shard: Shard = None,
+    engine: Engine = None,
+    address: Address = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Copy metrics of generated samples vs a training set, each beside its held-out baseline; copies.csv, report.
 
@@ -57,6 +63,7 @@ def copies(
     \b
     Example: memgeo copies --train data/train --test data/heldout --gen samples/ --out runs/copies
     Example: memgeo copies --train train_x.npy --test test_x.npy --gen runs/model --n-gen 500 --metrics d1d2,ct --out runs/copies
+    Example: memgeo copies --train train_x.npy --test test_x.npy --gen gen.npy --out runs/copies --shard 0/8  (then: memgeo merge runs/copies)
     """
     from memgeo.io import parse_json_text
     from memgeo.workflows.copies import CopiesConfig, run_copies
@@ -70,7 +77,9 @@ def copies(
         "options": parse_json_text(options, "--options", example='\'{"d1d2": {"threshold": 0.25}}\'')
         if options is not None else None,
         "backend": backend, "n_boot": n_boot, "max_pairs": max_pairs, "resample": resample, "seed": seed})
-    summary = run_copies(cfg, out)
+    summary = run_copies(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
+    if shard_line(summary):
+        return emit(json_out, summary, shard_line(summary))
     emit(json_out, _short(summary, out), _lines(summary, out))
 
 

@@ -32,8 +32,10 @@ threshold is calibrated for copy-detection features such as SSCD's, not for raw 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +47,15 @@ from memgeo.data.images import SampleSet, load_sample_set
 from memgeo.errors import MemgeoError, check_choice, check_scalar
 from memgeo.io import write_csv, write_json, write_npy
 from memgeo.memorization.copy_metrics import COPY_METRICS, CopyData, MetricResult
+from memgeo.memorization.copy_metrics.local import tiled_train_nn
 from memgeo.models.features import extract_features, feature_cache_dir, get_extractor
 from memgeo.report import Report, copy_pairs_grid, glossary, score_histogram
 from memgeo.report.plots import finish_axes, new_figure
-from memgeo.workflows.common import check_out, figure_to_report, run_command, say, start_run
+from memgeo.workflows.common import check_out, figure_to_report, run_command, say
+from memgeo.workflows.items import Item, ItemCommand, ItemRow, Plan, ScaleOptions, run_items, units_of
 
-__all__ = ["BACKENDS", "CopiesConfig", "PER_SAMPLE_COLUMNS", "run_copies"]
+__all__ = ["BACKENDS", "COPIES_ITEMS", "CopiesConfig", "PER_SAMPLE_COLUMNS", "UNIT_SIZE", "finalize_copies",
+           "prepare_copies", "run_copies", "score_copies"]
 
 BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
 
@@ -218,27 +223,47 @@ def _metric_names(cfg: CopiesConfig, image_shape: tuple[int, ...] | None) -> lis
 
 
 # ------------------------------------------------------------------------------------------------
-# the run
+# the run, as work items (prepare / score_batch / finalize)
 # ------------------------------------------------------------------------------------------------
-@run_command
-def run_copies(cfg: CopiesConfig, out: str | Path) -> dict[str, Any]:
-    """Copy metrics of ``cfg.gen`` against ``cfg.train`` with held-out baselines; writes the files of the module notes.
+#: Generated samples per unit of work: a multiple of the kNN searches' query chunk (1024) and of the tiled
+#: search's (256), so a unit's search runs the same blocks as one search over every generated sample.
+UNIT_SIZE = 1024
 
-    Returns
-    -------
-    dict
-        The content of ``summary.json``.
+
+@dataclass
+class _CopiesState:
+    """What prepare resolved: the three sets, their features (in ``data``), the metrics and the searches
+    ``score_copies`` runs per unit."""
+
+    train: SampleSet
+    test: SampleSet
+    gen: SampleSet
+    ext_id: str
+    image_shape: tuple[int, ...] | None
+    names: list[str]
+    metrics: dict[str, Any]
+    data: CopyData
+    k_pre: int
+    cosine: bool
+    grids: tuple[int, ...]
+    timings: dict[str, float]
+    t_start: float
+
+
+def prepare_copies(cfg: CopiesConfig) -> Plan:
+    """Validate, load the three sets, map them to the feature space, build the metrics (options checked).
+
+    Items are the generated samples (id ``gNNNNNN``: the generated sample's index), in units of
+    :data:`UNIT_SIZE`. A checkpoint ``gen`` is sampled here (only in a plain run: split runs refuse it).
 
     Raises
     ------
     MemgeoError
         Missing or unreadable inputs, shapes that differ, unknown metrics / options / backend,
-        a checkpoint ``gen`` without ``n_gen`` (or ``n_gen`` without a checkpoint), before anything
-        is written.
+        a checkpoint ``gen`` without ``n_gen`` (or ``n_gen`` without a checkpoint).
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    check_out(out)
     check_choice(cfg.backend, BACKENDS, "kNN backend")
     check_choice(cfg.resample, ("bicubic", "area", "bilinear", "lanczos", "nearest"), "resampling filter")
     for name in cfg.options:
@@ -280,20 +305,87 @@ def run_copies(cfg: CopiesConfig, out: str | Path) -> dict[str, Any]:
     data = CopyData(feats[0], feats[1], feats[2], image_shape=image_shape, backend=cfg.backend, n_boot=cfg.n_boot,
                     level=cfg.level, seed=cfg.seed)
     timings["prepare"] = time.perf_counter() - t
-    # --- every input is valid: open the run folder -----------------------------------------------
-    out = start_run(out, cfg, cfg.seed)
-    if gen.kind == "checkpoint":
-        write_npy(out / "generated.npy", np.asarray(gen.x, dtype=np.float32))
-    # One search of the largest k any metric asks of gen -> train (and test -> train, for the baselines):
-    # the cache serves every smaller k, instead of one search per metric.
-    t = time.perf_counter()
+    # One search of the largest k any metric asks of gen -> train: the cache serves every smaller k.
     k_pre = max([min(m.criterion.n_neighbors(data.n_train_unique), data.n_train_unique)
                  for m in metrics.values() if hasattr(m, "criterion")] or [1])
-    say(f"nearest {k_pre} training samples of {data.n_gen} generated and {data.n_test} held-out samples "
-        f"({cfg.backend} index)")
-    data.gen_train_nn(k_pre)
-    data.test_train_nn(k_pre)
-    timings["knn_gen_test"] = time.perf_counter() - t
+    grids = tuple(sorted({int(m.grid) for n, m in metrics.items() if n == "tiled_l2"}))
+    items = [Item(f"g{k:06d}", k) for k in range(data.n_gen)]
+    state = _CopiesState(train, test, gen, ext.id, image_shape, names, metrics, data, k_pre, "cosine" in names, grids,
+                         timings, t_start)
+    return Plan(cfg, units_of(items, UNIT_SIZE), state, seed=cfg.seed)
+
+
+def _gen_rows(data: CopyData, rows: np.ndarray) -> CopyData:
+    """``data`` with only the given generated rows (training set, de-duplication and settings shared; own cache)."""
+    view = copy.copy(data)
+    view.gen = data.gen[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+    view._cache = {}  # searches of the full generated set must not answer for this subset
+    return view
+
+
+def score_copies(plan: Plan, unit: list[Item]) -> list[ItemRow]:
+    """The searches of one unit of generated samples against the distinct training samples.
+
+    Per generated sample (``ItemRow.array``, float64, in this order): the ``k_pre`` nearest normalized-l2
+    distances, their training indices, then (cosine metric) the cosine-space nearest distance and index,
+    then per tiled-l2 grid the tiled nearest distance and index. Indices are into the original ``train``.
+    The first row of the unit carries the unit's wall time (``data["seconds"]``).
+    """
+    st: _CopiesState = plan.payload
+    t = time.perf_counter()
+    view = _gen_rows(st.data, np.array([it.index for it in unit]))
+    parts = list(view.gen_train_nn(st.k_pre))
+    if st.cosine:
+        parts += list(view.gen_train_nn(1, space="cosine"))
+    for grid in st.grids:
+        d, i = tiled_train_nn(view, "gen", grid)
+        parts += [d[:, None], i[:, None]]
+    cols = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
+    seconds = time.perf_counter() - t
+    return [ItemRow(it.id, it.index, {"seconds": seconds if j == 0 else 0.0}, cols[j].copy())
+            for j, it in enumerate(unit)]
+
+
+def _seed_searches(st: _CopiesState, rows: list[ItemRow]) -> None:
+    """Put the per-unit searches of ``rows`` (item order) into ``st.data``'s cache, where the metrics look."""
+    data, k = st.data, st.k_pre
+    cols = np.stack([r.array for r in rows])
+    d, i = np.ascontiguousarray(cols[:, :k]), np.ascontiguousarray(cols[:, k:2 * k].astype(np.int64))
+    # CopyData's cache key of a gen -> train search (query, reference, exclude_self, space): see CopyData.knn
+    data.cached(("knn", "gen", "train", False, "l2"), lambda: (d, i))
+    c = 2 * k
+    if st.cosine:
+        dc, ic = np.ascontiguousarray(cols[:, c:c + 1]), np.ascontiguousarray(cols[:, c + 1:c + 2].astype(np.int64))
+        data.cached(("knn", "gen", "train", False, "cosine"), lambda: (dc, ic))
+        c += 2
+    for grid in st.grids:
+        dt, it = cols[:, c].copy(), cols[:, c + 1].astype(np.int64)
+        data.cached(("tiled_train_nn", "gen", grid), lambda dt=dt, it=it: (dt, it))
+        c += 2
+    if not np.shares_memory(data.gen_train_nn(k)[0], d):
+        say("note: the per-item searches were not reused (CopyData's cache changed); searching again")
+
+
+def finalize_copies(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any]:
+    """Every metric from the merged per-sample searches; copies.csv, summary.json, report.html (module notes).
+
+    Computed here, from all generated samples at once: the held-out -> training searches (baselines,
+    thresholds), training -> training (spacing, authenticity radii, data-copying), generated ->
+    generated and the PRDC passes, the C_T partition, FLD, the clique attack, every global value,
+    bootstrap CI and held-out baseline.
+    """
+    cfg: CopiesConfig = plan.cfg
+    st: _CopiesState = plan.payload
+    data, metrics, names, gen, train, test = st.data, st.metrics, st.names, st.gen, st.train, st.test
+    timings = dict(st.timings)
+    timings["knn_gen"] = float(sum(r.data.get("seconds", 0.0) for r in rows))
+    if gen.kind == "checkpoint":
+        write_npy(out / "generated.npy", np.asarray(gen.x, dtype=np.float32))
+    _seed_searches(st, rows)
+    t = time.perf_counter()
+    say(f"nearest {st.k_pre} training samples of {data.n_test} held-out samples ({cfg.backend} index)")
+    data.test_train_nn(st.k_pre)
+    timings["knn_test"] = time.perf_counter() - t
     results: dict[str, MetricResult] = {}
     for n, metric in metrics.items():
         say(f"copy metric {n} ({data.n_gen} generated vs {data.n_train} training samples)")
@@ -304,13 +396,13 @@ def run_copies(cfg: CopiesConfig, out: str | Path) -> dict[str, Any]:
     d_gen, i_gen = data.gen_train_nn(1)
     d_test, _ = data.test_train_nn(1)
     nearest = (d_gen[:, 0], i_gen[:, 0])
-    rows = _rows(results, gen, train, nearest)
+    table = _rows(results, gen, train, nearest)
     primary = next((n for n in ("d1d2", *names) if n in results and results[n].flagged is not None
                     and COPY_METRICS[n].kind == "local"), None)
     inputs = {"train": _describe(train, cfg.train), "test": _describe(test, cfg.test),
               "gen": _describe(gen, cfg.gen)}
-    features = {"extractor": cfg.features, "id": ext.id, "dim": data.dim, "options": cfg.feature_options,
-                "image_shape": list(image_shape) if image_shape else None}
+    features = {"extractor": cfg.features, "id": st.ext_id, "dim": data.dim, "options": cfg.feature_options,
+                "image_shape": list(st.image_shape) if st.image_shape else None}
     verdict, sees = _verdict(results, primary, data.n_gen)
     summary: dict[str, Any] = {
         "n_train": data.n_train, "n_train_distinct": data.n_train_unique, "n_test": data.n_test,
@@ -327,15 +419,54 @@ def run_copies(cfg: CopiesConfig, out: str | Path) -> dict[str, Any]:
         "backend": cfg.backend, "n_boot": cfg.n_boot, "level": cfg.level, "seed": cfg.seed,
         "features": features, "inputs": inputs,
     }
-    write_csv(out / "copies.csv", rows)
+    write_csv(out / "copies.csv", table)
     timings["tables"] = time.perf_counter() - t
     t = time.perf_counter()
-    _report(out, cfg, summary, results, rows, train, gen, d_gen[:, 0], d_test[:, 0])
+    _report(out, cfg, summary, results, table, train, gen, d_gen[:, 0], d_test[:, 0])
     timings["report"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+    timings["total"] = time.perf_counter() - st.t_start
     summary["timings"] = {k: round(v, 4) for k, v in timings.items()}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _check_split_copies(plan: Plan) -> None:
+    if plan.payload.gen.kind == "checkpoint":
+        raise MemgeoError("a checkpoint --gen is sampled by the run itself, so the run cannot be split "
+                          "(--shard / --engine ray)", "run it once without them (it saves generated.npy) and pass "
+                                                      "--gen OUT/generated.npy")
+
+
+COPIES_ITEMS = ItemCommand(name="copies", ref="memgeo.workflows.copies:COPIES_ITEMS", config=CopiesConfig,
+                           prepare=prepare_copies, score_batch=score_copies, finalize=finalize_copies,
+                           noun="generated samples", check_split=_check_split_copies)
+
+
+@run_command
+def run_copies(cfg: CopiesConfig, out: str | Path, *, scale: ScaleOptions | None = None) -> dict[str, Any]:
+    """Copy metrics of ``cfg.gen`` against ``cfg.train`` with held-out baselines; writes the files of the module notes.
+
+    ``scale``: ``--shard I/N`` / ``--engine ray`` (:mod:`memgeo.workflows.items`): the searches of the
+    generated samples run per unit of :data:`UNIT_SIZE`, the rest in :func:`finalize_copies`.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json`` (a shard run: the shard's description).
+
+    Raises
+    ------
+    MemgeoError
+        Missing or unreadable inputs, shapes that differ, unknown metrics / options / backend,
+        a checkpoint ``gen`` without ``n_gen`` (or ``n_gen`` without a checkpoint), a checkpoint ``gen``
+        in a split run, before anything is written.
+    """
+    check_out(out)
+    if scale is not None and scale.split and _is_checkpoint(Path(cfg.gen)):
+        raise MemgeoError("a checkpoint --gen is sampled by the run itself, so the run cannot be split "
+                          "(--shard / --engine ray)", "run it once without them (it saves generated.npy) and pass "
+                                                      "--gen OUT/generated.npy")
+    return run_items(COPIES_ITEMS, prepare_copies(cfg), out, scale, progress=False)
 
 
 def _rows(results: dict[str, MetricResult], gen: SampleSet, train: SampleSet,

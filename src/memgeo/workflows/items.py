@@ -152,6 +152,8 @@ COMMANDS: dict[str, str] = {
     "sharpness": "memgeo.workflows.commands:SHARPNESS_ITEMS",
     "audit": "memgeo.workflows.lid_runs:AUDIT_ITEMS",
     "mitigate": "memgeo.workflows.mitigate:MITIGATE_ITEMS",
+    "copies": "memgeo.workflows.copies:COPIES_ITEMS",
+    "kfold": "memgeo.workflows.kfold_runs:KFOLD_ITEMS",
 }
 
 
