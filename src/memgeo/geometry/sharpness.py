@@ -37,8 +37,8 @@ LANCZOS_MIN_DIM = 512
 
 Measured with benchmarks/kernels.py section x (docs/design.md, "Dense or matrix-free"): for the 5 most
 negative eigenvalues at 1e-4 of MLP nets (B = 16), batched Lanczos costs as much as the full dense
-spectrum at D = 400 and half as much at D = 784 (dense: D batched products plus an O(D^3) eigvalsh;
-Lanczos: 70-90 symmetric products whatever D). Nets whose dense ``vmap(jacrev)`` is costlier per
+spectrum near D = 450 and about half as much at D = 784 (dense: D batched products plus an O(D^3)
+eigvalsh; Lanczos: 40-80 symmetric products whatever D). Nets whose dense ``vmap(jacrev)`` is costlier per
 product (the UNet of docs/benchmarks.md section 1: ~560 forwards per sample at D = 784) cross over
 lower, so the threshold is on the safe side for them."""
 

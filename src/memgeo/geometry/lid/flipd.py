@@ -40,9 +40,9 @@ FLIPD_EXACT_FACTOR = 8
 """``trace="auto"`` takes the exact (dense ``vmap(jacrev)``) trace when D <= FLIPD_EXACT_FACTOR * (1 + n_probes).
 
 Measured (benchmarks/kernels.py section x, docs/design.md "Dense or matrix-free"): on MLP nets the
-exact trace costs about 0.3 D forwards per sample and Hutchinson with k probes about 0.5 (1 + k), so
-the exact trace costs at most about 4x the Hutchinson one below this bound (8 probes: D <= 72), a price
-worth paying for removing the probe variance; above it Hutchinson is used."""
+exact trace costs 0.3-0.6 D forwards per sample and Hutchinson with k probes 0.4-1.0 (1 + k), so at
+the bound the exact trace costs about 4-5x the Hutchinson one (4.2x at D = 64 with 8 probes, bound 72),
+a price worth paying for removing the probe variance; above it Hutchinson is used."""
 
 
 def resolve_flipd_trace(trace: str, dim: int, n_probes: int = 8) -> str:
