@@ -49,7 +49,8 @@ from memgeo.errors import MemgeoError, check_choice, check_finite, check_scalar
 ArrayLike = torch.Tensor | np.ndarray
 
 __all__ = ["APPROXIMATE_BACKENDS", "BACKENDS", "EXACT_BACKENDS", "ArrayLike", "NeighborIndex", "approximate_recall",
-           "as_points", "faiss_available", "first_occurrence", "load_reference", "nearest_neighbors", "unique_rows"]
+           "as_points", "faiss_available", "first_occurrence", "load_reference", "nearest_neighbors", "unique_inverse",
+           "unique_rows"]
 
 BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
 EXACT_BACKENDS = ("torch", "faiss")
@@ -66,6 +67,9 @@ _BLOCK_BYTES = 1 << 28
 # Budget, in elements, of one (queries, block) approximate distance tile of the torch backend.
 _TILE_BUDGET = 1 << 25
 _EPS32 = float(np.finfo(np.float32).eps)
+# Elements per slice of the finite check and of the row hashing of unique_rows.
+_FINITE_SLICE = 1 << 24
+_HASH_SLICE = 1 << 22
 
 
 def as_points(x: ArrayLike, name: str) -> torch.Tensor:
@@ -94,8 +98,14 @@ def as_points(x: ArrayLike, name: str) -> torch.Tensor:
     else:
         arr = np.asarray(x)
         _check_numeric_dtype(arr.dtype, name)
-        arr = np.ascontiguousarray(arr)
-        # A read-only memory map is copied (torch cannot share non-writable memory).
+        cow = _copy_on_write_view(arr)
+        if cow is not None:
+            # A read-only memory map is re-opened copy-on-write: torch shares it (the file is paged in
+            # on demand and never written), instead of a private copy of the whole array.
+            arr = cow
+        else:
+            arr = np.ascontiguousarray(arr)
+        # Other read-only memory is copied (torch cannot share non-writable memory).
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.dtype == torch.bool or t.is_complex():
         raise MemgeoError(f"{name} has dtype {t.dtype}", "pass a real-valued float tensor")
@@ -103,10 +113,45 @@ def as_points(x: ArrayLike, name: str) -> torch.Tensor:
         raise MemgeoError(f"{name} is a scalar (0-D)", "pass a batch of points with shape (N, ...)")
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if t.numel() and not _all_finite(t):
         check_finite(t, name)  # raises with a count and the first bad index
     # Explicit width: reshape(0, -1) is ambiguous for an empty batch.
     return t.reshape(t.shape[0], int(np.prod(t.shape[1:], dtype=np.int64)))
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite, checked in slices of at most 2**24 elements (no full-size mask)."""
+    if t.ndim == 0 or t.numel() <= _FINITE_SLICE:
+        return bool(torch.isfinite(t).all())
+    step = max(1, _FINITE_SLICE // max(1, t[0].numel()))
+    return all(bool(torch.isfinite(t[s:s + step]).all()) for s in range(0, t.shape[0], step))
+
+
+def _copy_on_write_view(arr: np.ndarray) -> np.ndarray | None:
+    """A writable, copy-on-write memory map of the same bytes as the read-only memory map ``arr``.
+
+    Returns ``None`` unless ``arr`` is a C-contiguous, read-only ``numpy.memmap`` (or a view of one)
+    whose bytes can be located in its file; then the result has the same dtype, shape and values and
+    shares the file's pages (writes to it would stay private to the process).
+    """
+    if arr.flags.writeable or not arr.flags.c_contiguous or arr.size == 0:
+        return None
+    base: Any = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    mm = getattr(base, "_mmap", None)
+    filename = getattr(base, "filename", None)
+    if mm is None or filename is None:
+        return None
+    try:
+        start = int(base.offset) - int(base.offset) % mmap.ALLOCATIONGRANULARITY
+        mm_addr = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        offset = start + (arr.ctypes.data - mm_addr)
+        if offset < 0 or offset + arr.nbytes > os.path.getsize(filename):
+            return None
+        return np.memmap(filename, dtype=arr.dtype, mode="c", offset=offset, shape=arr.shape)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _check_numeric_dtype(dtype: np.dtype, name: str) -> None:
@@ -423,18 +468,22 @@ class NeighborIndex:
             r_sq_max = float(torch.linalg.vector_norm(blk, dim=1).max().to(torch.float64)) ** 2
             blk32 = np.ascontiguousarray(blk.cpu().numpy(), dtype=np.float32) if use_faiss else None
             step = int(self.chunk_size) if use_faiss else max(1, min(int(self.chunk_size), _TILE_BUDGET // nb))
+
+            def candidates(qc: torch.Tensor, n_cand: int, blk: torch.Tensor = blk,
+                           blk32: np.ndarray | None = blk32) -> tuple[torch.Tensor, torch.Tensor]:
+                """(c, n_cand) approximate squared distances (float64) and local indices of the nearest."""
+                if use_faiss:
+                    a_sq, cand = faiss.knn(np.ascontiguousarray(qc.cpu().numpy(), dtype=np.float32), blk32, n_cand)
+                    return torch.from_numpy(a_sq).to(dev, torch.float64), torch.from_numpy(cand).to(dev)
+                approx = torch.cdist(qc.unsqueeze(0), blk.unsqueeze(0)).squeeze(0)  # (c, nb)
+                a, cand = torch.topk(approx, n_cand, dim=1, largest=False)
+                return a.to(torch.float64) ** 2, cand
+
             for s in range(0, m, step):
                 qc = q_work[s:s + step]
-                if use_faiss:
-                    a_sq, cand = faiss.knn(np.ascontiguousarray(qc.cpu().numpy(), dtype=np.float32), blk32, nc)
-                    a_sq = torch.from_numpy(a_sq).to(dev, torch.float64)
-                    cand = torch.from_numpy(cand).to(dev)
-                else:
-                    approx = torch.cdist(qc.unsqueeze(0), blk.unsqueeze(0)).squeeze(0)  # (c, nb)
-                    a, cand = torch.topk(approx, nc, dim=1, largest=False)
-                    a_sq = a.to(torch.float64) ** 2
+                a_sq, cand = candidates(qc, nc)
                 tol = (2 * self.dim + 16) * _EPS32 * (q_sq[s:s + step] + r_sq_max)
-                d_b, i_b = _refine(qc, blk, cand, a_sq, kk, tol, exhaustive=nc == nb)
+                d_b, i_b = _refine(qc, blk, cand, a_sq, kk, tol, exhaustive=nc == nb, candidates=candidates)
                 cat_d = torch.cat([best_d[s:s + step], d_b], dim=1)
                 cat_i = torch.cat([best_i[s:s + step], i_b + b0], dim=1)
                 # Stable: on equal distances the earlier (smaller-index) block's entry stays first.
@@ -479,7 +528,8 @@ class NeighborIndex:
 
 
 def _refine(qc: torch.Tensor, blk: torch.Tensor, cand: torch.Tensor, a_sq: torch.Tensor, kk: int,
-            tol: torch.Tensor, *, exhaustive: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            tol: torch.Tensor, *, exhaustive: bool,
+            candidates: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact re-ranking of pre-selected candidates, with the rounding guard.
 
     Parameters
@@ -487,33 +537,54 @@ def _refine(qc: torch.Tensor, blk: torch.Tensor, cand: torch.Tensor, a_sq: torch
     qc : (c, D) queries; blk : (B, D) reference block; cand : (c, nc) local candidate indices;
     a_sq : (c, nc) their approximate squared distances; kk : neighbours to keep;
     tol : (c,) bound on the rounding error of an approximate squared distance;
-    exhaustive : whether ``cand`` already holds every point of the block.
+    exhaustive : whether ``cand`` already holds every point of the block;
+    candidates : callable ``(queries, n) -> (a_sq, cand)`` giving the n approximately nearest points
+        of the block (the pre-selection); used to widen the pre-selection of the rows that fail the
+        guard, all such rows at once. Without it, such rows are searched one by one.
 
     Returns
     -------
     (c, kk) plain l2 distances (float64) and local indices, ordered by (distance, index).
     """
     q64 = qc.to(torch.float64)
-    cand = torch.sort(cand, dim=1).values  # index order first: the stable sort then breaks ties by index
+    d, idx, redo = _rerank(q64, blk, cand, a_sq, kk, tol, exhaustive)
+    nb = blk.shape[0]
+    n_cand = cand.shape[1]
+    # A row fails the guard when its candidates end too close to its k-th distance (near-ties): pre-select
+    # 4 times as many for all such rows at once, until the guard holds or the whole block is taken.
+    while redo.numel() and candidates is not None and n_cand < nb:
+        n_cand = min(nb, 4 * n_cand)
+        a2, c2 = candidates(qc[redo], n_cand)
+        d2, i2, again = _rerank(q64[redo], blk, c2, a2, kk, tol[redo], n_cand == nb)
+        d[redo], idx[redo] = d2, i2
+        redo = redo[again]
+    for r in redo.tolist():
+        thr = d[r, -1] ** 2 + tol[r]
+        approx = torch.cdist(qc[r:r + 1].unsqueeze(0), blk.unsqueeze(0)).squeeze(0).squeeze(0).to(torch.float64) ** 2
+        # The torch rounding obeys the same bound: every point within the true k nearest is kept.
+        pool = (approx <= thr).nonzero().flatten()  # ascending indices
+        ex = _exact_row(q64[r], blk, pool)
+        o = torch.sort(ex, stable=True).indices[:kk]
+        d[r], idx[r] = ex[o], pool[o]
+    return d, idx
+
+
+def _rerank(q64: torch.Tensor, blk: torch.Tensor, cand: torch.Tensor, a_sq: torch.Tensor, kk: int,
+            tol: torch.Tensor, exhaustive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact distances of the candidates, the kk nearest by (distance, index), and the rows failing the guard."""
+    cand, perm = torch.sort(cand, dim=1)  # index order first: the stable sort then breaks ties by index
+    a_sq = torch.gather(a_sq, 1, perm)
     exact = _exact_distances(q64, blk, cand)
     order = torch.sort(exact, dim=1, stable=True).indices[:, :kk]
     d = torch.gather(exact, 1, order)
     idx = torch.gather(cand, 1, order)
     if exhaustive:
-        return d, idx
-    # A point left out has approximate squared distance >= the largest kept one; if that largest one
-    # exceeds the k-th exact squared distance by more than the rounding bound, no left-out point can be
-    # within the k nearest (ties included). Otherwise search that row against the whole block.
+        return d, idx, torch.zeros(0, dtype=torch.int64, device=d.device)
+    # A point left out has approximate squared distance >= the largest pre-selected one; if that exceeds
+    # the k-th exact squared distance by more than the rounding bound, no left-out point can be within
+    # the k nearest (ties included).
     thr = d[:, -1] ** 2 + tol
-    redo = (a_sq.max(dim=1).values <= thr).nonzero().flatten().tolist()
-    for r in redo:
-        approx = torch.cdist(qc[r:r + 1].unsqueeze(0), blk.unsqueeze(0)).squeeze(0).squeeze(0).to(torch.float64) ** 2
-        # The torch rounding obeys the same bound: every point within the true k nearest is kept.
-        pool = (approx <= thr[r]).nonzero().flatten()  # ascending indices
-        ex = _exact_row(q64[r], blk, pool)
-        o = torch.sort(ex, stable=True).indices[:kk]
-        d[r], idx[r] = ex[o], pool[o]
-    return d, idx
+    return d, idx, (a_sq.max(dim=1).values <= thr).nonzero().flatten()
 
 
 def _exact_row(q64: torch.Tensor, blk: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -674,18 +745,83 @@ def unique_rows(x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     Notes
     -----
     Equality is numeric (``0.0 == -0.0``). The index of the first occurrence of each unique row
-    is ``first_occurrence(inverse)``.
+    is ``first_occurrence(inverse)``. See :func:`unique_inverse` for the cost.
     """
     arr = as_points(x, "x").cpu().numpy()
-    if arr.shape[0] == 0:
-        return arr.copy(), np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(arr, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    # np.unique sorts rows lexicographically; renumber them by first appearance instead.
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return arr[first[order]].copy(), rank[inverse].astype(np.int64)
+    inverse = unique_inverse(arr)
+    return arr[first_occurrence(inverse)].copy(), inverse
+
+
+def unique_inverse(x: ArrayLike) -> np.ndarray:
+    """The ``inverse`` of :func:`unique_rows` (distinct rows numbered by first appearance), without copying ``x``.
+
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray, shape (N, ...)
+        Finite points, flattened to (N, D); a memory map is read in slices.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N,), int64
+        ``inverse[i] == inverse[j]`` iff rows i and j are numerically equal; distinct rows are
+        numbered 0, 1, ... in order of first appearance.
+
+    Notes
+    -----
+    Every row gets a 64-bit hash of its bit pattern (``-0.0`` mapped to ``0.0`` first): a random
+    linear form modulo 2**64 of its 32- or 64-bit words, computed in slices of 2**22 elements, so the
+    cost is one pass over the data, ``O(N D)``, plus a sort of N integers. Equal rows have equal
+    hashes; rows with equal hashes are then compared exactly (a hash collision of distinct rows is
+    resolved by an exact ``numpy.unique`` of that group), so the result is exact.
+    """
+    arr = as_points(x, "x").cpu().numpy()
+    n, d = arr.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    word = np.uint64 if arr.dtype == np.float64 else np.uint32
+    mult = np.random.default_rng(0x6D656D67).integers(1, np.iinfo(np.int64).max, size=d, dtype=np.uint64) | np.uint64(1)
+    h = np.empty(n, dtype=np.uint64)
+    step = max(1, _HASH_SLICE // max(1, d))
+    zero = arr.dtype.type(0)
+    for s in range(0, n, step):
+        bits = (np.asarray(arr[s:s + step]) + zero).view(word).astype(np.uint64)  # + 0 turns -0.0 into 0.0
+        h[s:s + step] = (bits * mult).sum(axis=1, dtype=np.uint64)  # wraps modulo 2**64
+    order = np.argsort(h, kind="stable")  # within equal hashes: ascending row index
+    hs = h[order]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = hs[1:] != hs[:-1]
+    label_sorted = np.cumsum(new_group) - 1  # hash-group id per sorted position
+    label = np.empty(n, dtype=np.int64)
+    label[order] = label_sorted
+    # Rows sharing a hash: check each against its group's first row (smallest index).
+    starts = np.flatnonzero(new_group)
+    size = np.diff(np.append(starts, n))
+    multi = np.repeat(size > 1, size)
+    members = order[multi]
+    if members.size:
+        rep = order[starts[label_sorted[multi]]]
+        same = np.empty(members.size, dtype=bool)
+        for s in range(0, members.size, step):
+            a = np.asarray(arr[members[s:s + step]]) + zero
+            b = np.asarray(arr[rep[s:s + step]]) + zero
+            same[s:s + step] = (a == b).all(axis=1)
+        next_label = int(label_sorted[-1]) + 1
+        for g in np.unique(label[members[~same]]):  # hash collisions of distinct rows (practically never)
+            rows = np.sort(order[label_sorted == g])
+            _, sub = np.unique(np.asarray(arr[rows]) + zero, axis=0, return_inverse=True)
+            sub = sub.reshape(-1)
+            sub_first = sub[0]
+            for v in np.unique(sub):
+                if v != sub_first:
+                    label[rows[sub == v]] = next_label
+                    next_label += 1
+    # Renumber the groups by first appearance.
+    first = first_occurrence(label)
+    present = first < n
+    rank = np.full(first.size, -1, dtype=np.int64)
+    by_first = np.flatnonzero(present)[np.argsort(first[present], kind="stable")]
+    rank[by_first] = np.arange(by_first.size)
+    return rank[label]
 
 
 def first_occurrence(inverse: np.ndarray) -> np.ndarray:

@@ -47,7 +47,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from memgeo.data.neighbors import ArrayLike, as_points, first_occurrence, nearest_neighbors, unique_rows
+from memgeo.data.neighbors import (
+    APPROXIMATE_BACKENDS,
+    ArrayLike,
+    NeighborIndex,
+    as_points,
+    first_occurrence,
+    nearest_neighbors,
+    unique_inverse,
+)
 from memgeo.errors import MemgeoError, Registry, check_scalar
 
 #: The three sets a :class:`CopyData` holds.
@@ -166,6 +174,17 @@ class CopyData:
         Seed of every random choice (see :meth:`rng`).
     chunk_size : int, default 1024
         Queries per block in the neighbour searches.
+    index_options : dict, optional
+        Options of the :class:`~memgeo.data.neighbors.NeighborIndex` built once over the distinct
+        training rows and reused by every search against them (e.g. ``{"nlist": 4000, "nprobe": 32}``
+        for ``backend="faiss-ivf"``).
+
+    Notes
+    -----
+    Memory: a read-only memory-mapped ``train`` is not copied (it is re-opened copy-on-write and
+    paged in on demand), and ``train_unique`` is ``train`` itself when no row repeats. No metric
+    here searches every training row against the training set unless it needs every row's
+    neighbours (the data-copying rate does); see :meth:`train_nn_other`.
 
     Attributes
     ----------
@@ -190,6 +209,7 @@ class CopyData:
         level: float = 0.95,
         seed: int = 0,
         chunk_size: int = 1024,
+        index_options: Mapping[str, Any] | None = None,
     ) -> None:
         tr, te, ge = (as_points(x, name).to(torch.float32) for x, name in ((train, "train"), (test, "test"), (gen, "gen")))
         dim = tr.shape[1]
@@ -214,15 +234,23 @@ class CopyData:
                                   fix="pass level=0.95")
         self.seed = check_scalar(seed, "seed", min=0, fix="pass a non-negative integer seed")
         self.chunk_size = check_scalar(chunk_size, "chunk_size", min=1)
+        if index_options is not None and not isinstance(index_options, Mapping):
+            raise MemgeoError(f"index_options={index_options!r} is not a dict", 'pass e.g. {"nprobe": 32}')
+        self.index_options = dict(index_options or {})
         self.train, self.test, self.gen = tr, te, ge
-        uniq, inverse = unique_rows(tr)
-        if uniq.shape[0] < 2:
-            raise MemgeoError(f"train has {uniq.shape[0]} distinct sample(s) ({tr.shape[0]} before de-duplication)",
+        inverse = unique_inverse(tr)
+        first = first_occurrence(inverse)
+        if first.shape[0] < 2:
+            raise MemgeoError(f"train has {first.shape[0]} distinct sample(s) ({tr.shape[0]} before de-duplication)",
                               "copy metrics need at least 2 distinct training samples")
-        self.train_unique = torch.from_numpy(uniq)
+        # No repeated row: the distinct rows are train itself (no copy of a large training set).
+        self.train_unique = tr if first.shape[0] == tr.shape[0] else tr[torch.from_numpy(first)].contiguous()
         self.train_inverse = inverse
-        self.train_first = first_occurrence(inverse)
+        self.train_first = first
         self._cache: dict[tuple[Any, ...], Any] = {}
+        # Searches that depend on the training set alone, shared with the baseline views: the neighbour
+        # index over the distinct rows (per space) and the per-row nearest-other-row results.
+        self._train_store: dict[Any, Any] = {}
         # Baseline views: set name -> (parent set name, rows of it) when this data is a view of a parent's test set.
         self._parent: CopyData | None = None
         self._rows: dict[str, tuple[str, np.ndarray]] = {}
@@ -337,13 +365,96 @@ class CopyData:
         """k nearest test samples of each generated sample: (G, k)."""
         return self.knn("gen", "test", k, space=space)
 
-    def train_spacing(self) -> float:
+    def train_nn_other(self, rows: np.ndarray, k: int = 1, *, space: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+        """k nearest *other* distinct training rows of the given training rows only.
+
+        The same numbers as ``train_train_nn(k)`` at ``rows``, but only the distinct rows behind
+        ``rows`` are searched (each once; the results are kept and shared with the baseline views),
+        so asking for the rows that some generated samples matched costs a search of those rows,
+        not of the whole training set.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray, shape (n,), int
+            Indices into the original ``train``.
+        k : int, default 1
+            At most ``n_train_unique - 1``.
+        space : {"l2", "cosine"}
+
+        Returns
+        -------
+        distances : numpy.ndarray, shape (n, k), float64
+        indices : numpy.ndarray, shape (n, k), int64
+            Into ``train`` (first occurrences of the distinct rows).
+        """
+        if space not in SPACES:
+            raise MemgeoError(f"unknown distance space {space!r}", f"choose one of: {', '.join(SPACES)}")
+        n_u = self.n_train_unique
+        k = check_scalar(k, "k", min=1, max=max(n_u - 1, 1), fix=f"ask for at most {n_u - 1} neighbours")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_train):
+            raise MemgeoError(f"training row index out of range [0, {self.n_train})", "pass indices into train")
+        u = self.train_inverse[rows]
+        full = self._full_train_train(k, space)
+        if full is not None:  # the whole train -> train search is cached already
+            return full[0][self.train_first[u], :k], full[1][self.train_first[u], :k]
+        store = self._train_store.setdefault(("nn_other", space), {"k": 0})
+        if store["k"] < k:  # a larger k: start again (smaller k are prefixes of the new results)
+            store.update(k=k, d=np.full((n_u, k), np.nan), i=np.full((n_u, k), -1, dtype=np.int64),
+                         done=np.zeros(n_u, dtype=bool))
+        need = np.unique(u[~store["done"][u]])
+        if need.size:
+            kk = store["k"]
+            q = self._vectors("train", space)[torch.from_numpy(need)]
+            d, i = self._train_index(space).search(q, min(kk + 1, n_u))
+            d, i = _drop_self(d.cpu().numpy(), i.cpu().numpy(), kk, own=need)
+            store["d"][need], store["i"][need], store["done"][need] = d, self.train_first[i], True
+        return store["d"][u, :k], store["i"][u, :k]
+
+    def _full_train_train(self, k: int, space: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached whole train -> train search (``exclude_self``) with at least k columns, if any."""
+        root = self._parent if self._parent is not None else self
+        hit = root._cache.get(("knn", "train", "train", True, space))
+        return hit if hit is not None and hit[0].shape[1] >= k else None
+
+    def train_subsample(self, size: int, purpose: str) -> np.ndarray:
+        """Sorted indices of ``min(size, n_train_unique)`` distinct training rows drawn without replacement.
+
+        Seeded by ``(seed, purpose)``; every distinct row (``arange``) when there are at most ``size``.
+        Indices are into ``train_unique`` (``train_first`` maps them to ``train``).
+        """
+        size = check_scalar(size, "size", min=1)
+        n_u = self.n_train_unique
+        if size >= n_u:
+            return np.arange(n_u, dtype=np.int64)
+        return np.sort(self.rng(f"train_subsample/{purpose}").choice(n_u, size=size, replace=False)).astype(np.int64)
+
+    def train_spacing(self, max_rows: int | None = None) -> float:
         """Median over distinct training rows of the distance to the nearest other distinct row (normalized l2).
 
-        The same number as :func:`memgeo.memorization.copies.typical_spacing`, from the cached search.
+        The same number as :func:`memgeo.memorization.copies.typical_spacing`. With ``max_rows`` and
+        more distinct rows than that, the median is taken over a seeded random subsample of
+        ``max_rows`` distinct rows (:meth:`train_subsample`, purpose ``"spacing"``), each with its
+        exact nearest other row among *all* distinct rows: an estimate of the median at the cost of
+        a ``max_rows x N`` search instead of ``N x N``.
         """
-        d, _ = self.train_train_nn(1)
-        return float(np.median(d[self.train_first, 0]))
+        max_rows = check_scalar(max_rows, "max_rows", min=1, allow_none=True)
+        if self._full_train_train(1, "l2") is not None or max_rows is None:
+            d, _ = self.train_train_nn(1)
+            return float(np.median(d[self.train_first, 0]))
+        rows = self.train_first[self.train_subsample(max_rows, "spacing")]
+        return float(np.median(self.train_nn_other(rows, 1)[0][:, 0]))
+
+    def _train_index(self, space: str) -> NeighborIndex:
+        """The neighbour index over the distinct training rows in ``space``, built once (shared with views)."""
+        key = ("index", space)
+        if key not in self._train_store:
+            opts = dict(self.index_options)
+            if self.backend not in APPROXIMATE_BACKENDS:  # exact backends take no index options but the block
+                opts = {k: v for k, v in opts.items() if k == "block_size"}
+            self._train_store[key] = NeighborIndex(self._vectors("train", space), backend=self.backend,
+                                                   chunk_size=self.chunk_size, seed=self.seed, **opts)
+        return self._train_store[key]
 
     def _vectors(self, which: str, space: str) -> torch.Tensor:
         pts = self.train_unique if which == "train" else self.points(which)
@@ -356,7 +467,10 @@ class CopyData:
         q = self._vectors(query, space)
         r = self._vectors(ref, space)
         k_ask = min(k + int(exclude_self), r.shape[0])
-        d, i = _nearest(q, r, k_ask, self.chunk_size, self.backend)
+        if ref == "train":
+            d, i = self._train_index(space).search(q, k_ask)
+        else:
+            d, i = _nearest(q, r, k_ask, self.chunk_size, self.backend)
         d, i = d.cpu().numpy(), i.cpu().numpy()
         if exclude_self:
             d, i = _drop_self(d, i, k)
@@ -449,14 +563,14 @@ def _nearest(q: torch.Tensor, r: torch.Tensor, k: int, chunk_size: int, backend:
     return nearest_neighbors(q, r, k=k, chunk_size=chunk_size)
 
 
-def _drop_self(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own index (row r has index r) from (n, k+1) results, keeping k columns.
+def _drop_self(d: np.ndarray, i: np.ndarray, k: int, own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index (``own[r]``, default r) from (n, k+1) results, keeping k columns.
 
     If a row's own index is not among its k+1 results (ties at distance 0 with lower indices never
     happen against distinct rows), the last column is dropped instead.
     """
     n, m = i.shape
-    own = np.arange(n)[:, None]
+    own = (np.arange(n) if own is None else np.asarray(own, dtype=np.int64))[:, None]
     is_self = i == own
     # Column to drop: the first own-index column, else the last one.
     drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), m - 1)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from memgeo.errors import MemgeoError, check_scalar
 from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult
@@ -175,6 +176,10 @@ class CTMetric(CopyMetric):
         distances stay in the full space); default none.
     n_init : int, default 4
         k-means restarts (seeded by the data's seed).
+    max_train : int or None, default 20000
+        Most training rows the k-means partition (and the PCA) is fitted on: beyond it a seeded
+        random subsample (``None``: all rows, a float64 copy of the whole training set). Every
+        training row is still assigned to its cell (in slices) for the per-cell counts.
 
     Notes
     -----
@@ -191,12 +196,15 @@ class CTMetric(CopyMetric):
     direction: ClassVar[str] = ("lower = more copying (C_T << 0: generated samples lie closer to the training set "
                                 "than held-out samples do; >> 0: farther, underfitting)")
 
-    def __init__(self, k: int | None = None, tau: float | None = None, pca: int | None = None, n_init: int = 4) -> None:
+    def __init__(self, k: int | None = None, tau: float | None = None, pca: int | None = None, n_init: int = 4,
+                 max_train: int | None = 20_000) -> None:
         self.k = check_scalar(k, "k", min=1, allow_none=True, fix="pass k as the number of cells, e.g. k=5")
         self.tau = check_scalar(tau, "tau", float, min=0, max=1, allow_none=True,
                                 fix="pass tau as a fraction of the generated samples, e.g. tau=0.02")
         self.pca = check_scalar(pca, "pca", min=1, allow_none=True, fix="pass pca as a number of dimensions, e.g. pca=64")
         self.n_init = check_scalar(n_init, "n_init", min=1)
+        self.max_train = check_scalar(max_train, "max_train", min=1, allow_none=True,
+                                      fix="pass max_train=20000 (or None for the whole training set)")
 
     def n_cells(self, data: CopyData) -> int:
         """The number of cells used on ``data`` (the option, or the default from the training-set size)."""
@@ -216,19 +224,31 @@ class CTMetric(CopyMetric):
         def compute() -> dict[str, np.ndarray]:
             from sklearn.cluster import KMeans  # imported here: sklearn is slow to import
 
-            tr = data.train.numpy().astype(np.float64)
+            sub = None
+            if self.max_train is not None and self.max_train < data.n_train:
+                sub = np.sort(data.rng("ct/max_train").choice(data.n_train, size=self.max_train, replace=False))
+            tr = (data.train if sub is None else data.train[torch.from_numpy(sub)]).numpy().astype(np.float64)
             te = data.test.numpy().astype(np.float64)
             ge = data.gen.numpy().astype(np.float64)
+            proj = None
             if self.pca is not None:
                 from sklearn.decomposition import PCA
 
                 proj = PCA(n_components=self.pca, svd_solver="full").fit(tr)
                 tr, te, ge = proj.transform(tr), proj.transform(te), proj.transform(ge)
             km = KMeans(n_clusters=k, n_init=self.n_init, random_state=data.seed).fit(tr)
-            return {"train": km.labels_.astype(np.int64), "test": km.predict(te).astype(np.int64),
+            if sub is None:
+                train_labels = km.labels_.astype(np.int64)
+            else:  # every training row to its cell, in slices of the (possibly memory-mapped) training set
+                train_labels = np.empty(data.n_train, dtype=np.int64)
+                step = max(1, (1 << 22) // max(1, data.dim))
+                for s in range(0, data.n_train, step):
+                    blk = data.train[s:s + step].numpy().astype(np.float64)
+                    train_labels[s:s + step] = km.predict(blk if proj is None else proj.transform(blk))
+            return {"train": train_labels, "test": km.predict(te).astype(np.int64),
                     "gen": km.predict(ge).astype(np.int64), "centres": km.cluster_centers_}
 
-        return data.cached(("ct/partition", k, self.pca, self.n_init), compute)
+        return data.cached(("ct/partition", k, self.pca, self.n_init, self.max_train), compute)
 
     def compute(self, data: CopyData) -> MetricResult:
         k = self.n_cells(data)
@@ -251,6 +271,7 @@ class CTMetric(CopyMetric):
         per_sample = res["z"][cells["gen"]]
         extra = {
             "k": k, "tau": res["min_gen"] / data.n_gen, "min_gen": res["min_gen"], "pca": self.pca,
+            "max_train": self.max_train, "partition_subsampled": self.max_train is not None and self.max_train < data.n_train,
             "cells": table, "z_per_cell": res["z"].tolist(),
             "dropped_cells": [c for c in range(k) if not res["used"][c]],
             "n_cells_used": int(res["used"].sum()),

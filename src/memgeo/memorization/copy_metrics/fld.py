@@ -310,6 +310,11 @@ class FLDMetric(CopyMetric):
         EM stopping tolerance (mean log-likelihood per dimension).
     budget_mb : float, default 64
         Largest float64 (points x generated) block held at once, in MiB.
+    max_train : int or None, default 10000
+        Most training rows used (fit, train likelihoods, O_j): beyond it a seeded random subsample of
+        ``max_train`` rows (``None``: all). The EM fit costs ``O(iterations x rows x G x D)``, so a
+        1,000,000-row training set is subsampled; a generated copy of a training row left out of the
+        subsample is then not seen by the gap or by O_j. ``extra["n_train_used"]`` says how many.
 
     Notes
     -----
@@ -326,7 +331,8 @@ class FLDMetric(CopyMetric):
                                 "samples alike); copying shows in extra['gap'] far below 0")
 
     def __init__(self, standardize: bool = True, normalise: bool = True, min_var: float = 1e-6,
-                 background_weight: float = 0.5, max_iter: int = 100, tol: float = 1e-6, budget_mb: float = 64.0) -> None:
+                 background_weight: float = 0.5, max_iter: int = 100, tol: float = 1e-6, budget_mb: float = 64.0,
+                 max_train: int | None = 10_000) -> None:
         for flag, nm in ((standardize, "standardize"), (normalise, "normalise")):
             if not isinstance(flag, (bool, np.bool_)):
                 raise MemgeoError(f"{nm}={flag!r} must be True or False", f"pass {nm}=True or {nm}=False")
@@ -339,11 +345,19 @@ class FLDMetric(CopyMetric):
         self.tol = check_scalar(tol, "tol", float, min=0, fix="pass e.g. tol=1e-6")
         self.budget_mb = check_scalar(budget_mb, "budget_mb", float, min=0, include_min=False,
                                       fix="pass a memory budget in MiB, e.g. budget_mb=64")
+        self.max_train = check_scalar(max_train, "max_train", min=2, allow_none=True,
+                                      fix="pass max_train=10000 (or None for the whole training set)")
 
     def compute(self, data: CopyData) -> MetricResult:
-        res = fld_scores(data.train, data.test, data.gen, standardize=self.standardize, normalise=self.normalise,
+        train, rows = data.train, None
+        if self.max_train is not None and self.max_train < data.n_train:
+            rows = np.sort(data.rng("fld/max_train").choice(data.n_train, size=self.max_train, replace=False))
+            train = data.train[torch.from_numpy(rows)]
+        res = fld_scores(train, data.test, data.gen, standardize=self.standardize, normalise=self.normalise,
                          min_var=self.min_var, background_weight=self.background_weight, max_iter=self.max_iter,
                          tol=self.tol, budget_mb=self.budget_mb, seed=data.seed)
+        if rows is not None:
+            res["o_index"] = rows[np.asarray(res["o_index"], dtype=np.int64)]
         lo = hi = float("nan")
         gap_ci = [float("nan"), float("nan")]
         if data.n_boot > 0:
@@ -361,6 +375,8 @@ class FLDMetric(CopyMetric):
             "median_bandwidth": float(np.sqrt(np.median(res["var"]))),
             "n_at_min_var": int(np.count_nonzero(res["var"] <= self.min_var * (1 + 1e-12))),
             "fit": res["fit"], "min_var": self.min_var, "background_weight": self.background_weight,
+            "max_train": self.max_train, "n_train_used": data.n_train if rows is None else int(rows.size),
+            "train_subsampled": rows is not None,
         }
         return MetricResult(name=self.name, value=res["fld"], ci_low=lo, ci_high=hi, baseline=None,
                             per_sample=np.asarray(res["o"], dtype=np.float64), flagged=None,

@@ -16,7 +16,12 @@ distance); the global value is the fraction flagged, with a bootstrap CI over th
     sample to its nearest other one, :func:`~memgeo.memorization.copies.typical_spacing`). A generation
     is flagged when its ratio is *below the ``quantile`` (default 0.05) of the held-out test samples'
     own ratios*: closer to the training set than 95 % of genuinely new samples are. So an ideal
-    generator has about ``quantile`` flagged (the baseline shows it).
+    generator has about ``quantile`` flagged (the baseline shows it). The verdicts do not depend on
+    ``s`` (both sides of the comparison are divided by it); ``s`` only puts the reported ratios in
+    units of the training spacing. With more than ``spacing_rows`` (default 10,000) distinct training
+    samples, ``s`` is the median over a seeded random subsample of that many distinct training
+    samples, each with its exact nearest other training sample (a ``spacing_rows x N`` search instead
+    of ``N x N``); ``extra["spacing_rows"]`` says how many were used.
 ``"cosine"`` (Somepalli et al. 2023, with SSCD features)
     Cosine similarity to the most similar training sample (searched as l2 on unit-normalised
     vectors) ``> threshold`` (default 0.5, Somepalli et al.'s SSCD threshold; meaningful in a
@@ -113,18 +118,25 @@ class DCRMetric(CopyMetric):
     ----------
     quantile : float, default 0.05
         In (0, 1): the held-out quantile below which a generation counts as a copy.
+    spacing_rows : int or None, default 10000
+        Largest number of distinct training samples whose nearest-other distance enters the spacing
+        ``s`` (a seeded subsample beyond it; ``None``: all of them, an ``N x N`` search). ``s`` scales
+        the reported ratios only, not the verdicts.
     """
 
     name = "dcr"
     kind = "local"
     uses_test = True
 
-    def __init__(self, quantile: float = 0.05) -> None:
+    def __init__(self, quantile: float = 0.05, spacing_rows: int | None = 10_000) -> None:
         self.quantile = check_scalar(quantile, "quantile", float, min=0, max=1, include_min=False,
                                      include_max=False, fix="pass quantile=0.05")
+        self.spacing_rows = check_scalar(spacing_rows, "spacing_rows", min=2, allow_none=True,
+                                         fix="pass spacing_rows=10000 (or None for every training sample)")
 
     def compute(self, data: CopyData) -> MetricResult:
-        spacing = data.train_spacing()
+        n_rows = data.n_train_unique if self.spacing_rows is None else min(self.spacing_rows, data.n_train_unique)
+        spacing = data.train_spacing(None if n_rows == data.n_train_unique else n_rows)
         s = spacing if spacing > 0 else 1.0
         d_gen, i_gen = data.gen_train_nn(1)
         d_test, _ = data.test_train_nn(1)
@@ -139,6 +151,7 @@ class DCRMetric(CopyMetric):
             lo, hi = data.percentile_ci((r_gen[g] < thr_b[:, None]).mean(axis=1))
         res = rate_result(self, data, r_gen, flagged, i_gen[:, 0],
                           {"quantile": self.quantile, "threshold_ratio": thr, "train_spacing": spacing,
+                           "spacing_rows": n_rows, "spacing_subsampled": n_rows < data.n_train_unique,
                            "median_ratio_gen": float(np.median(r_gen)), "median_ratio_test": float(np.median(r_test))})
         return replace(res, ci_low=lo, ci_high=hi)
 

@@ -19,6 +19,12 @@ for all four costs one pass; every result carries all four numbers in ``extra``.
 training set by default (its distinct rows) or the test set (``reference="test"``); ``k = 5`` by
 default (the value Naeem et al. recommend for density/coverage; Kynkaanniemi et al. used 3).
 The pass is exact and blocked (memory ``budget_mb``), time ``O(G * N * D)``.
+
+Large training sets: with more than ``max_train`` (default 10,000) distinct training samples the real
+set is a seeded random subsample of ``max_train`` of them (``CopyData.train_subsample``, purpose
+``"prdc"``), radii taken within the subsample, as PRDC is usually computed on equal-sized real and
+generated samples; this keeps the cost at ``O(max_train^2 D + G max_train D)`` instead of ``N^2 D``.
+``extra["train_subsampled"]`` and ``extra["n_real"]`` say when and how many.
 A point exactly at the radius counts as inside (a relative tolerance of 1e-9 absorbs float rounding
 between the cached radii and the block distances). The CIs resample generated samples (precision,
 density) or real samples (recall, coverage), radii fixed.
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 
 from memgeo.errors import MemgeoError, check_scalar
-from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult
+from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult, _drop_self, _nearest
 
 #: Relative tolerance of "inside the ball" (d <= r (1 + _RADIUS_RTOL)).
 _RADIUS_RTOL = 1e-9
@@ -102,33 +108,46 @@ class _PRDCMetric(CopyMetric):
         The real set: the distinct training rows, or the held-out test set.
     budget_mb : float, default 64
         Largest float64 (generated x real) block held at once, in MiB.
+    max_train : int or None, default 10000
+        With ``reference="train"``: most distinct training samples used as the real set (a seeded
+        subsample beyond it; ``None``: all, an ``N x N`` neighbour search).
     """
 
     kind: ClassVar[str] = "global"
     uses_test: ClassVar[bool] = False
 
-    def __init__(self, k: int = 5, reference: str = "train", budget_mb: float = 64.0) -> None:
+    def __init__(self, k: int = 5, reference: str = "train", budget_mb: float = 64.0,
+                 max_train: int | None = 10_000) -> None:
         self.k = check_scalar(k, "k", min=1, fix="pass k as a neighbour rank, e.g. k=5")
         if reference not in REFERENCES:
             raise MemgeoError(f"unknown reference set {reference!r}", f"choose one of: {', '.join(REFERENCES)}")
         self.reference = reference
         self.budget_mb = check_scalar(budget_mb, "budget_mb", float, min=0, include_min=False,
                                       fix="pass a memory budget in MiB, e.g. budget_mb=64")
+        self.max_train = check_scalar(max_train, "max_train", min=2, allow_none=True,
+                                      fix="pass max_train=10000 (or None for the whole training set)")
         # With the test set as the real set, the baseline must split it (see CopyData.baseline).
         self.uses_test = reference == "test"  # type: ignore[misc]
 
     def shared(self, data: CopyData) -> dict[str, Any]:
         """The cached pass for ``(k, reference)`` on ``data``: counts, values and the real-set size."""
         k = self.k
+        subsampled = False
 
         def compute() -> dict[str, Any]:
+            nonlocal subsampled
             if self.reference == "train":
                 n_real = data.n_train_unique
+                if self.max_train is not None and self.max_train < n_real:
+                    n_real, subsampled = self.max_train, True
                 if k > n_real - 1:
-                    raise MemgeoError(f"k={k} but the training set has only {n_real} distinct samples",
-                                      f"pass k <= {n_real - 1}")
-                real = data.train_unique
-                radius = data.train_train_nn(k)[0][data.train_first, k - 1]
+                    raise MemgeoError(f"k={k} but the training set has only {n_real} distinct samples"
+                                      + (" in the subsample" if subsampled else ""), f"pass k <= {n_real - 1}")
+                if subsampled:
+                    real, radius = _subsample_radius(data, k, n_real)
+                else:
+                    real = data.train_unique
+                    radius = data.train_train_nn(k)[0][data.train_first, k - 1]
             else:
                 n_real = data.n_test
                 if k > n_real - 1:
@@ -139,9 +158,9 @@ class _PRDCMetric(CopyMetric):
             gen_radius = data.gen_gen_nn(k)[0][:, k - 1] if has_recall else None
             counts = prdc_counts(real.numpy(), data.gen.numpy(), radius, gen_radius, budget_mb=self.budget_mb)
             return {"counts": counts, "values": prdc_values(counts, k, has_recall), "n_real": n_real,
-                    "has_recall": has_recall}
+                    "has_recall": has_recall, "train_subsampled": subsampled}
 
-        return data.cached(("prdc", k, self.reference, self.budget_mb), compute)
+        return data.cached(("prdc", k, self.reference, self.budget_mb, self.max_train), compute)
 
     def compute(self, data: CopyData) -> MetricResult:
         sh = self.shared(data)
@@ -159,17 +178,34 @@ class _PRDCMetric(CopyMetric):
             lo = hi = float("nan")
             if data.n_boot > 0:
                 lo, hi = data.percentile_ci(per_real[data.bootstrap_indices(per_real.size, f"prdc/{which}")].mean(axis=1))
-        extra = {**sh["values"], "k": self.k, "reference": self.reference, "n_real": sh["n_real"]}
+        extra = {**sh["values"], "k": self.k, "reference": self.reference, "n_real": sh["n_real"],
+                 "max_train": self.max_train, "train_subsampled": sh["train_subsampled"]}
         return MetricResult(name=which, value=sh["values"][which], ci_low=lo, ci_high=hi, baseline=None,
                             per_sample=per_sample, flagged=None, nearest_index=data.gen_train_nn(1)[1][:, 0].copy(),
                             direction=self.direction, extra=extra)
+
+
+def _subsample_radius(data: CopyData, k: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A seeded subsample of ``size`` distinct training rows and each one's k-th nearest other row within it.
+
+    Cached on the training set (shared with the baseline views).
+    """
+    key = ("prdc_subsample", k, size)
+    if key not in data._train_store:
+        rows = data.train_subsample(size, "prdc")
+        real = data.train_unique[torch.from_numpy(rows)].contiguous()
+        d, i = _nearest(real, real, k + 1, data.chunk_size, data.backend)
+        d, _ = _drop_self(d.cpu().numpy(), i.cpu().numpy(), k)
+        data._train_store[key] = (real, d[:, k - 1].copy())
+    return data._train_store[key]
 
 
 @COPY_METRICS.register
 class PrecisionMetric(_PRDCMetric):
     """Improved precision (Kynkaanniemi et al. 2019): share of generated samples inside the real k-NN balls.
 
-    Options ``k`` (default 5), ``reference`` ("train" or "test") and ``budget_mb`` as :class:`_PRDCMetric`.
+    Options ``k`` (default 5), ``reference`` ("train" or "test"), ``budget_mb`` and ``max_train`` as
+    :class:`_PRDCMetric`.
     """
 
     name: ClassVar[str] = "precision"
@@ -181,7 +217,8 @@ class PrecisionMetric(_PRDCMetric):
 class RecallMetric(_PRDCMetric):
     """Improved recall (Kynkaanniemi et al. 2019): share of real samples inside the generated k-NN balls.
 
-    Options ``k`` (default 5), ``reference`` ("train" or "test") and ``budget_mb`` as :class:`_PRDCMetric`.
+    Options ``k`` (default 5), ``reference`` ("train" or "test"), ``budget_mb`` and ``max_train`` as
+    :class:`_PRDCMetric`.
     """
 
     name: ClassVar[str] = "recall"
@@ -193,7 +230,8 @@ class RecallMetric(_PRDCMetric):
 class DensityMetric(_PRDCMetric):
     """Density (Naeem et al. 2020): real k-NN balls holding each generated sample, over k (about 1 ideal).
 
-    Options ``k`` (default 5), ``reference`` ("train" or "test") and ``budget_mb`` as :class:`_PRDCMetric`.
+    Options ``k`` (default 5), ``reference`` ("train" or "test"), ``budget_mb`` and ``max_train`` as
+    :class:`_PRDCMetric`.
     """
 
     name: ClassVar[str] = "density"
@@ -205,7 +243,8 @@ class DensityMetric(_PRDCMetric):
 class CoverageMetric(_PRDCMetric):
     """Coverage (Naeem et al. 2020): share of real k-NN balls holding at least one generated sample.
 
-    Options ``k`` (default 5), ``reference`` ("train" or "test") and ``budget_mb`` as :class:`_PRDCMetric`.
+    Options ``k`` (default 5), ``reference`` ("train" or "test"), ``budget_mb`` and ``max_train`` as
+    :class:`_PRDCMetric`.
     """
 
     name: ClassVar[str] = "coverage"
