@@ -126,3 +126,18 @@ def test_ray_is_not_imported_by_the_rest(local_ray):
                    if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())
                    or "import ray\n" in p.read_text())
     assert users == [os.path.join("workflows", "ray_engine.py")]
+
+
+def test_kfold_trainings_on_ray_equal_the_plain_run(local_ray, tmp_path):
+    """memgeo kfold: each (repeat, fold) training is one Ray task; the scores equal a single-process run's."""
+    from memgeo.workflows.items import ScaleOptions
+    from memgeo.workflows.kfold_runs import KFoldConfig, run_kfold
+
+    cfg = KFoldConfig(family="vae", data="digits", rows=24, folds=2, repeats=2, steps=15, hidden=32, depth=1, iw=8,
+                      seed=5)
+    run_kfold(cfg, tmp_path / "plain")
+    run_kfold(cfg, tmp_path / "ray", scale=ScaleOptions(engine="ray", workers=2))
+    assert _csv(tmp_path / "ray" / "kfold.csv") == _csv(tmp_path / "plain" / "kfold.csv")
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(_csv(tmp_path / "ray" / "trainings.csv")) == drop(_csv(tmp_path / "plain" / "trainings.csv"))
+    assert len(_csv(tmp_path / "plain" / "trainings.csv")) == 4
