@@ -28,6 +28,15 @@ and writes into ``OUT``:
 Default metrics: every registered one that applies, i.e. ``tiled_l2`` only for image inputs in
 pixel features (it needs the image shape) and ``cosine`` only in a learned feature space (its 0.5
 threshold is calibrated for copy-detection features such as SSCD's, not for raw pixels).
+
+Scale-out (``--shard I/N``, ``--engine ray``, ``memgeo merge``; :mod:`memgeo.workflows.items`): the items
+are the generated samples (id ``gNNNNNN``), scored in units of :data:`UNIT_SIZE`. Per unit
+(:func:`score_copies`) the generated samples' searches against the distinct training samples run: the
+nearest ``k`` in normalized l2 (the largest ``k`` any metric asks), the cosine-space nearest (``cosine``)
+and the tiled-l2 nearest (``tiled_l2``). :func:`finalize_copies` puts them into the
+:class:`~memgeo.memorization.copy_metrics.CopyData` search cache and computes everything that needs all
+samples at once (listed in its docstring): every global value, CI and baseline, the tables and the
+report. A plain run is the same prepare / units / finalize in one process.
 """
 
 from __future__ import annotations
