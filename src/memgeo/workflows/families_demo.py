@@ -337,7 +337,7 @@ def _verdict(row: dict[str, Any], det: dict[str, Any], cfg: FamiliesDemoConfig) 
     return f"{head} ({rates}); {sep}."
 
 
-def _kfold_model_fns(family: str, cfg: FamiliesDemoConfig, sub: torch.Tensor, sub_y: torch.Tensor, n_classes: int
+def kfold_model_fns(family: str, cfg: FamiliesDemoConfig, sub: torch.Tensor, sub_y: torch.Tensor, n_classes: int
                      ) -> tuple[Callable[[np.ndarray], Any], Callable[[Any, np.ndarray], np.ndarray], str]:
     """``fit(idx) -> model``, ``log_lik(model, idx) -> (m,)`` and a description of the bound, for one family."""
     steps = cfg.kfold_steps_of(family)
@@ -379,7 +379,7 @@ def _run_kfold(family: str, cfg: FamiliesDemoConfig, train_x: torch.Tensor, trai
     copies of the duplicated image, rows ``copy_rows[0] .. copy_rows[1] - 1``) get
     :func:`memgeo.memorization.kfold.kfold_memorization_score` with ``kfold_k`` folds and ``kfold_repeats``
     repeats; each fold's model trains ``kfold_steps_of(family)`` steps on the other folds, and log p(x) is
-    the family's bound (:func:`_kfold_model_fns`), drawn with a fixed torch generator.
+    the family's bound (:func:`kfold_model_fns`), drawn with a fixed torch generator.
 
     Returns
     -------
@@ -398,7 +398,7 @@ def _run_kfold(family: str, cfg: FamiliesDemoConfig, train_x: torch.Tensor, trai
     steps = cfg.kfold_steps_of(family)
     say(f"{family} K-fold score: k={cfg.kfold_k}, repeats={cfg.kfold_repeats}, {n} rows ({int(is_dup.sum())} "
         f"duplicated), {steps} steps per fold")
-    fit, log_lik, bound = _kfold_model_fns(family, cfg, sub, sub_y, n_classes)
+    fit, log_lik, bound = kfold_model_fns(family, cfg, sub, sub_y, n_classes)
     t0 = time.perf_counter()
     ms = kfold_memorization_score(n, fit, log_lik, k=cfg.kfold_k, repeats=cfg.kfold_repeats, seed=cfg.seed)
     train_s = time.perf_counter() - t0

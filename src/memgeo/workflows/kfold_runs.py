@@ -12,7 +12,7 @@ item (:mod:`memgeo.workflows.items`):
   bound's own draws), so every training is reproducible on its own, on any worker;
 * ``score_batch`` trains the fold model and returns ``log p(x_i)`` of all ``n`` points
   (``ItemRow.array``, float64, shape (n,)): the family's training and bound are those of
-  ``memgeo families`` (:func:`memgeo.workflows.families_demo._kfold_model_fns`: the demo's DDPM and its
+  ``memgeo families`` (:func:`memgeo.workflows.families_demo.kfold_model_fns`: the demo's DDPM and its
   discrete-time bound; the importance-weighted bound of vae / gsvae / sd2015);
 * ``finalize`` = :func:`~memgeo.memorization.kfold.scores_from_log_likelihoods` of the table, then the
   files below.
@@ -144,9 +144,9 @@ def _families_config(cfg: KFoldConfig, steps: int, seed: int) -> Any:
 
 
 def _model_fns(cfg: KFoldConfig, st: _KFoldState, seed: int) -> tuple[Any, Any, str]:
-    from memgeo.workflows.families_demo import _kfold_model_fns
+    from memgeo.workflows.families_demo import kfold_model_fns
 
-    return _kfold_model_fns(cfg.family, _families_config(cfg, st.steps, seed), st.x, st.y, st.n_classes)
+    return kfold_model_fns(cfg.family, _families_config(cfg, st.steps, seed), st.x, st.y, st.n_classes)
 
 
 def prepare_kfold(cfg: KFoldConfig) -> Plan:
