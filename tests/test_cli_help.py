@@ -30,6 +30,9 @@ CONFIGS = {
                {"steps": "sampling.steps", "guidance": "sampling.guidance", "batch": "batch_prompts",
                 "attribution": "attribution_score"}),
     "demo": ("memgeo.workflows.demo", "DemoConfig", {"steps": "train.steps", "toy": "toy.enabled"}),
+    "copies": ("memgeo.workflows.copies", "CopiesConfig", {}),
+    "kfold": ("memgeo.workflows.kfold_runs", "KFoldConfig", {}),
+    "families": ("memgeo.workflows.families_demo", "FamiliesDemoConfig", {}),
 }
 
 

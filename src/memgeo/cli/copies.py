@@ -29,13 +29,13 @@ def copies(
                                                "local TorchScript / torch.save(model) file (cached by content "
                                                "hash). [default: pixels]")] = None,
     feature_options: Annotated[str, typer.Option(help="JSON options of a model-file extractor, e.g. "
-                                                      "'{\"resize\": 224, \"channels\": 3}'. [default: none]")] = None,
+                                                      "'{\"resize\": 224, \"channels\": 3}'. [default: {}]")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated: d1d2, nn_ratio, dcr, cosine, tiled_l2, authenticity, "
                                               "datacopy_rate, clique, ct, fld, precision, recall, density, coverage. "
                                               "[default: all that apply: tiled_l2 only for images in pixels, cosine "
                                               "only in a learned feature space]")] = None,
     options: Annotated[str, typer.Option(help="JSON per-metric options, e.g. '{\"d1d2\": {\"threshold\": 0.25}, "
-                                              "\"ct\": {\"k\": 10}}'. [default: none]")] = None,
+                                              "\"ct\": {\"k\": 10}}'. [default: {}]")] = None,
     backend: Annotated[str, typer.Option(help="kNN index: auto, torch, faiss (exact), faiss-ivf, faiss-hnsw "
                                               "(approximate). [default: auto]")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates of the CIs (0: none). [default: 200]")] = None,
