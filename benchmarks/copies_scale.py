@@ -61,6 +61,123 @@ def make_data(path: Path, n: int, dim: int, seed: int) -> Path:
     return path
 
 
+# --- perturbed-MNIST data (real neighbour structure) ---------------------------------------------
+MNIST_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+
+def _perturb(base: np.ndarray, which: np.ndarray, rng: np.random.Generator, shift: float, noise: float) -> np.ndarray:
+    """(n, 784) float32: images ``base[which]`` shifted by (dx, dy) ~ U[-shift, shift]^2 pixels (bilinear,
+    background kept), mapped to [-1, 1], plus N(0, noise^2) pixel noise (not clipped)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = which.size
+    x = torch.from_numpy(base[which]).float().div_(255.0).unsqueeze(1)  # (n, 1, 28, 28) in [0, 1]
+    d = torch.from_numpy(rng.uniform(-shift, shift, size=(n, 2))).float()
+    theta = torch.zeros((n, 2, 3))
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = -d * (2.0 / 28.0)  # translation in grid units (align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = y.reshape(n, 784).numpy() * 2.0 - 1.0
+    y += noise * rng.standard_normal((n, 784), dtype=np.float32)
+    return y.astype(np.float32, copy=False)
+
+
+def make_mnist(data_dir: Path, n: int, n_gen: int, n_test: int, copy_share: float, shift: float, noise: float,
+               seed: int) -> dict[str, Path]:
+    """Training, generated and held-out sets built from the 10,000 real MNIST test images (files reused).
+
+    - train (n, 784): row i is a perturbation (:func:`_perturb`) of image ``i % 10000``, seed ``(seed, 1)``;
+    - gen (n_gen, 784): ``round(copy_share * n_gen)`` exact training rows (uniform without replacement; their
+      gen positions and training indices in ``gen_truth``), the rest fresh perturbations of random images;
+    - held-out (n_test, 784): fresh perturbations of random images (another stream).
+
+    Written as ``.npy`` under ``data_dir`` (memory-mapped, block by block); never committed.
+    """
+    from memgeo.data.mnist import read_idx
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"s{shift:g}_n{noise:g}_seed{seed}"
+    paths = {"train": data_dir / f"mnist_train_{n}_{tag}.npy",
+             "gen": data_dir / f"mnist_gen_{n_gen}_for_{n}_{tag}.npy",
+             "truth": data_dir / f"mnist_gen_truth_{n_gen}_for_{n}_{tag}.npz",
+             "test": data_dir / f"mnist_heldout_{n_test}_{tag}.npy"}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    base = read_idx(MNIST_IMAGES)  # (10000, 28, 28) uint8
+    nb = base.shape[0]
+    if not paths["train"].is_file():
+        tmp = paths["train"].with_suffix(".tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 784))
+        rng = np.random.default_rng([seed, 1])
+        for s in range(0, n, 50_000):
+            rows = np.arange(s, min(n, s + 50_000))
+            out[s:s + rows.size] = _perturb(base, rows % nb, rng, shift, noise)
+        out.flush()
+        del out
+        os.replace(tmp, paths["train"])
+    train = np.load(paths["train"], mmap_mode="r")
+    rng = np.random.default_rng([seed, 2, n])
+    n_copy = int(round(copy_share * n_gen))
+    pos = np.sort(rng.choice(n_gen, size=n_copy, replace=False))
+    src = rng.choice(n, size=n_copy, replace=False)
+    fresh = np.setdiff1d(np.arange(n_gen), pos)
+    frng = np.random.default_rng([seed, 3])  # the fresh generations do not depend on n
+    gen = np.empty((n_gen, 784), dtype=np.float32)
+    gen[fresh] = _perturb(base, frng.integers(0, nb, fresh.size), frng, shift, noise)
+    gen[pos] = np.asarray(train[np.sort(src)])[np.argsort(np.argsort(src))]
+    np.save(paths["gen"], gen)
+    np.savez(paths["truth"], gen_index=pos, train_index=src)
+    if not paths["test"].is_file():
+        trng = np.random.default_rng([seed, 4])
+        np.save(paths["test"], _perturb(base, trng.integers(0, nb, n_test), trng, shift, noise))
+    return paths
+
+
+def ivf_sweep(args: argparse.Namespace) -> None:
+    """``--ivf-sweep``: recall@1/@10 of IVF (nlist = round(4 sqrt N)) against exact search, per nprobe.
+
+    Queries: ``--sweep-queries`` generated rows drawn with the seed (the same rows for every nprobe),
+    k = 10; exact neighbours from the exact faiss index. Prints and saves one row per (N, nprobe), and the
+    index's build time.
+    """
+    import torch
+
+    from memgeo.data.neighbors import NeighborIndex
+
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        paths = make_mnist(Path(args.data_dir), n, args.queries, args.e2e_test, args.copy_share, args.shift,
+                           args.noise, args.seed)
+        gen = np.load(paths["gen"])
+        q = gen[np.sort(np.random.default_rng(args.seed).choice(len(gen), args.sweep_queries, replace=False))]
+        ref = np.load(paths["train"], mmap_mode="r")
+        t0 = time.perf_counter()
+        d_ex, _ = NeighborIndex(ref, backend="faiss").search(q, 10)
+        t_exact = time.perf_counter() - t0
+        nlist = int(round(4 * np.sqrt(n)))
+        t0 = time.perf_counter()
+        index = NeighborIndex(ref, backend="faiss-ivf", nlist=nlist, nprobe=1, seed=args.seed)
+        build = time.perf_counter() - t0
+        for nprobe in [int(v) for v in args.nprobes.split(",")]:
+            index.nprobe = index._index.nprobe = min(nprobe, nlist)
+            t0 = time.perf_counter()
+            d_a, _ = index.search(q, 10)
+            search = time.perf_counter() - t0
+            row = {"n": n, "nlist": nlist, "nprobe": nprobe, "queries": len(q), "build_s": build,
+                   "search_s": search, "exact_search_s": t_exact,
+                   "recall1": recall(d_a.numpy(), d_ex.numpy(), 1), "recall10": recall(d_a.numpy(), d_ex.numpy(), 10)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if args.json:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from _common import machine_facts, write_json
+
+            write_json(args.json, {"args": vars(args), "machine": machine_facts(), "rows": rows})
+
+
 def child(args: argparse.Namespace) -> None:
     """One (N, method) measurement; prints one JSON line."""
     import torch
@@ -116,6 +233,14 @@ def main() -> None:
     p.add_argument("--e2e-metrics", default="d1d2,nn_ratio,dcr,authenticity")
     p.add_argument("--e2e-test", type=int, default=1000, help="held-out rows (drawn like the training set)")
     p.add_argument("--n-boot", type=int, default=200)
+    # --mnist: perturbed real MNIST digits instead of uniform vectors (see make_mnist())
+    p.add_argument("--mnist", action="store_true", help="data from the MNIST test images (see make_mnist())")
+    p.add_argument("--copy-share", type=float, default=0.1, help="share of generations that are training rows")
+    p.add_argument("--shift", type=float, default=1.5, help="largest shift in pixels")
+    p.add_argument("--noise", type=float, default=0.1, help="pixel noise standard deviation ([-1, 1] scale)")
+    p.add_argument("--ivf-sweep", action="store_true", help="recall of IVF per nprobe (see ivf_sweep())")
+    p.add_argument("--nprobes", default="1,2,4,8,16,32,64")
+    p.add_argument("--sweep-queries", type=int, default=1000)
     # internal: one measurement in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -125,6 +250,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         child(args)
+        return
+    if args.ivf_sweep:
+        ivf_sweep(args)
         return
     if args.e2e:
         e2e(args)
@@ -222,13 +350,21 @@ def e2e(args: argparse.Namespace) -> None:
             --json benchmarks/results/copies_e2e.json
     """
     data = Path(args.data_dir)
-    qpath = make_data(data / f"queries_{args.queries}x{args.dim}.npy", args.queries, args.dim, args.seed + 1)
-    tpath = make_data(data / f"heldout_{args.e2e_test}x{args.dim}.npy", args.e2e_test, args.dim, args.seed + 2)
+    if not args.mnist:
+        qpath = make_data(data / f"queries_{args.queries}x{args.dim}.npy", args.queries, args.dim, args.seed + 1)
+        tpath = make_data(data / f"heldout_{args.e2e_test}x{args.dim}.npy", args.e2e_test, args.dim, args.seed + 2)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     memgeo = str(Path(sys.executable).with_name("memgeo"))
     rows: list[dict[str, Any]] = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        rpath = make_data(data / f"train_{n}x{args.dim}.npy", n, args.dim, args.seed)
+        truth = None
+        if args.mnist:
+            paths = make_mnist(data, n, args.queries, args.e2e_test, args.copy_share, args.shift, args.noise, args.seed)
+            rpath, qpath, tpath = paths["train"], paths["gen"], paths["test"]
+            truth = np.load(paths["truth"])
+        else:
+            rpath = make_data(data / f"train_{n}x{args.dim}.npy", n, args.dim, args.seed)
+        exact_csv: dict[str, Any] | None = None
         for backend in args.e2e_backends.split(","):
             out = data / "e2e" / f"{backend}_{n}"
             cmd = [memgeo, "copies", "--train", str(rpath), "--test", str(tpath), "--gen", str(qpath),
@@ -247,9 +383,32 @@ def e2e(args: argparse.Namespace) -> None:
             summary = json.loads((out / "summary.json").read_text())
             row = {"n": n, "backend": backend, "n_gen": summary["n_gen"], "n_test": summary["n_test"],
                    "wall_s": wall, "maxrss_mb": peak / 1024 if peak else None,
-                   "timings": summary["timings"],
-                   "rates": {k: {f: m[f] for f in ("value", "baseline", "n_flagged")}
-                             for k, m in summary["metrics"].items()}}
+                   "timings": summary["timings"], "command": " ".join(cmd),
+                   "rates": {k: {f: m.get(f) for f in ("value", "baseline", "n_flagged", "ci_low", "ci_high")}
+                             for k, m in summary["metrics"].items()},
+                   "details": {k: {f: m[f] for f in ("train_spacing", "spacing_rows", "spacing_subsampled")
+                                   if f in m} for k, m in summary["metrics"].items()}}
+            csv = _read_copies_csv(out / "copies.csv")
+            if truth is not None:  # which generations each local criterion flags vs the known copies
+                is_copy = np.zeros(summary["n_gen"], dtype=bool)
+                is_copy[truth["gen_index"]] = True
+                row["truth"] = {"n_copies": int(is_copy.sum()),
+                                "nearest_is_source": float(np.mean(csv["nearest_train_index"][truth["gen_index"]]
+                                                                   == truth["train_index"]))}
+                for k in summary["metrics"]:
+                    if f"{k}_copy" in csv:
+                        f = csv[f"{k}_copy"]
+                        row["truth"][k] = {"flagged_copies": int((f & is_copy).sum()),
+                                           "flagged_fresh": int((f & ~is_copy).sum())}
+            if backend in ("faiss", "torch", "auto") and exact_csv is None:
+                exact_csv = csv
+            elif exact_csv is not None:  # an approximate index against the exact run's copies.csv
+                row["recall1_nearest"] = float(np.mean(csv["nearest_train_distance"]
+                                                       <= exact_csv["nearest_train_distance"]))
+                row["agreement"] = {k: float(np.mean(csv[f"{k}_copy"] == exact_csv[f"{k}_copy"]))
+                                    for k in summary["metrics"] if f"{k}_copy" in csv}
+                if "authentic" in csv:
+                    row["agreement"]["authenticity"] = float(np.mean(csv["authentic"] == exact_csv["authentic"]))
             rows.append(row)
             print(f"[copies_scale e2e]   {json.dumps(row)}", file=sys.stderr, flush=True)
             if args.json:
@@ -259,6 +418,27 @@ def e2e(args: argparse.Namespace) -> None:
                 write_json(args.json, {"args": vars(args), "machine": machine_facts(), "rows": rows})
     for r in rows:
         print(json.dumps(r))
+
+
+def _read_copies_csv(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a copies.csv as arrays (booleans for the ``*_copy`` columns)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, np.ndarray] = {}
+    for col in rows[0]:
+        vals = [r[col] for r in rows]
+        if col.endswith("_copy") or col == "copy":
+            out[col] = np.array([v in ("True", "true", "1") for v in vals])
+        else:
+            try:
+                out[col] = np.array([float(v) for v in vals])
+            except ValueError:
+                out[col] = np.array(vals)
+    if "nearest_train_index" in out:
+        out["nearest_train_index"] = out["nearest_train_index"].astype(np.int64)
+    return out
 
 
 if __name__ == "__main__":
