@@ -321,9 +321,9 @@ def _verdict(row: dict[str, Any], det: dict[str, Any], cfg: FamiliesDemoConfig) 
              f"(n = {row['n_nearest_memorized']}) vs {_f2(row['copy_rate_control'])} nearest a {c} "
              f"(n = {row['n_nearest_control']})")
     n_src = row.get("n_copies_of_source", 0)
-    head = (f"**{row['family']}** copies the duplicated {m} ({n_src} of {row['n_generations']} generations)"
-            if row["memorizes"] else f"**{row['family']}** does not memorize the duplicated {m} "
-            f"({n_src} of {row['n_generations']} generations copy it; {MEMORIZES_MIN_COPIES} needed)")
+    head = (f"**{row['family']}** copies the duplicated {m} in {n_src} of {row['n_generations']} generations"
+            if row["memorizes"] else f"**{row['family']}** does not memorize the duplicated {m}: {n_src} of "
+            f"{row['n_generations']} generations copy it ({MEMORIZES_MIN_COPIES} needed)")
     score = row["geometric_score"]
     if det.get("auroc") is None:
         sep = f"the {score} AUROC is not computed: {det.get('reason')}"
@@ -334,7 +334,7 @@ def _verdict(row: dict[str, Any], det: dict[str, Any], cfg: FamiliesDemoConfig) 
                f"(AUROC {_auroc_text(det)})")
     else:
         sep = f"its {score} does not separate copies from non-copies (AUROC {_auroc_text(det)})"
-    return f"{head} ({rates}); {sep}."
+    return f"{head}; {rates}; {sep}."
 
 
 def kfold_model_fns(family: str, cfg: FamiliesDemoConfig, sub: torch.Tensor, sub_y: torch.Tensor, n_classes: int
