@@ -6,7 +6,7 @@ float32, written once to ``.npy`` files under ``--data-dir`` and searched as mem
 
 - ``faiss``: exact, faiss brute force (``IndexFlatL2``'s kernel) per reference block + float64 re-ranking;
 - ``torch``: exact, ``torch.cdist`` per (query chunk, reference block) tile + the same re-ranking;
-- ``ivf``: approximate, faiss ``IndexIVFFlat`` (default nlist = sqrt(N), nprobe = max(8, nlist / 16));
+- ``ivf``: approximate, faiss ``IndexIVFFlat`` (default nlist = 4 sqrt(N), nprobe = max(16, nlist / 64));
 - ``hnsw``: approximate, faiss ``IndexHNSWFlat`` (M = 32, efSearch = 64, efConstruction = 64), only
   for N <= ``--hnsw-max-n`` (its single-threaded build grows too slow beyond).
 
@@ -18,10 +18,20 @@ approximate method is the share of its k returned neighbours whose (exact) dista
 exact k-th nearest distance, averaged over all queries; the exact methods are checked to return
 identical neighbours.
 
-Run (one thread, as used for docs/benchmarks.md section 11)::
+Modes used for docs/benchmarks.md sections 11 and 11b (one thread):
+
+- ``--mnist``: instead of uniform vectors, data with real neighbour structure built from the 10,000
+  MNIST test images (:func:`make_mnist`: sub-pixel shifts + pixel noise; generations of which a known
+  10 % are exact training rows);
+- ``--ivf-sweep``: recall@1/@10 of IVF against exact search per ``nprobe`` (:func:`ivf_sweep`);
+- ``--e2e``: ``memgeo copies`` end to end, time, peak RSS, stage seconds, rates, and for an approximate
+  backend its recall@1 and verdict agreement with the exact run (:func:`e2e`);
+- ``--rerank-bench``: the exact re-ranking step alone (:func:`rerank_bench`).
+
+Without a mode: the search benchmark on uniform vectors described above::
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/copies_scale.py --threads 1 \\
-        --json benchmarks/results/copies_scale.json --markdown runs/copies_scale/table.md
+        --json runs/copies_scale/search.json --markdown runs/copies_scale/table.md
 """
 
 from __future__ import annotations
@@ -178,6 +188,35 @@ def ivf_sweep(args: argparse.Namespace) -> None:
             write_json(args.json, {"args": vars(args), "machine": machine_facts(), "rows": rows})
 
 
+def rerank_bench(args: argparse.Namespace) -> None:
+    """``--rerank-bench``: seconds of the exact float64 re-ranking (``_exact_distances``) of 1,024 queries x
+    58 candidates (k = 50 + 8) of dimension 784 in an 85,000-row block, with the difference tensor in
+    slices of 2**24 (before) and 2**18 (now) float64 elements; best of 5; the results are checked equal."""
+    import torch
+
+    from memgeo.data import neighbors as nbr
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    blk = torch.from_numpy(rng.standard_normal((85_000, 784), dtype=np.float32))
+    q = torch.from_numpy(rng.standard_normal((1024, 784), dtype=np.float32)).double()
+    cand = torch.from_numpy(rng.integers(0, 85_000, (1024, 58)))
+    saved, res, outs = nbr._REFINE_BUDGET, {}, []
+    try:
+        for budget in (1 << 24, 1 << 18):
+            nbr._REFINE_BUDGET = budget
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                outs.append(nbr._exact_distances(q, blk, cand))
+                times.append(time.perf_counter() - t0)
+            res[f"budget_2^{budget.bit_length() - 1}_s"] = min(times)
+    finally:
+        nbr._REFINE_BUDGET = saved
+    res["identical"] = all(torch.equal(outs[0], o) for o in outs)
+    print(json.dumps(res))
+
+
 def child(args: argparse.Namespace) -> None:
     """One (N, method) measurement; prints one JSON line."""
     import torch
@@ -241,6 +280,7 @@ def main() -> None:
     p.add_argument("--ivf-sweep", action="store_true", help="recall of IVF per nprobe (see ivf_sweep())")
     p.add_argument("--nprobes", default="1,2,4,8,16,32,64")
     p.add_argument("--sweep-queries", type=int, default=1000)
+    p.add_argument("--rerank-bench", action="store_true", help="time the exact re-ranking (see rerank_bench())")
     # internal: one measurement in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -250,6 +290,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         child(args)
+        return
+    if args.rerank_bench:
+        rerank_bench(args)
         return
     if args.ivf_sweep:
         ivf_sweep(args)
