@@ -196,6 +196,7 @@ def arrays(tmp_path_factory):
     (("--options", '{{"ct": {{"k": 3}}}}', "--metrics", "d1d2"), "options given for metric(s) not computed: ct"),
     (("--options", '{{"d1d2": {{"threshold": -1}}}}'), "threshold"),
     (("--backend", "annoy"), "unknown kNN backend 'annoy'"),
+    (("--backend", "faiss-ivf", "--index-options", '{{"nprobes": 4}}'), "unknown index option(s) nprobes"),
     (("--n-gen", "5"), "--gen is not a model checkpoint"),
     (("--n-boot", "-1"), "invalid option n_boot"),
     (("--features", "no-such-extractor"), "unknown feature extractor"),
@@ -227,3 +228,18 @@ def test_help_lists_defaults_and_an_example(run_cli):
     for piece in ("[default: pixels]", "[default: 200]", "[default: auto]", "Example: memgeo copies --train",
                   "faiss-hnsw", "--n-gen"):
         assert piece in text, piece
+
+
+def test_index_options_reach_the_approximate_index(arrays, run_cli, tmp_path):
+    """--index-options sets the IVF index: with every cell visited (nprobe = nlist) IVF is exact, so its
+    copies.csv equals the exact backend's, and the options are recorded in summary.json."""
+    base = ["--train", f"{arrays}/train.npy", "--test", f"{arrays}/test.npy", "--gen", f"{arrays}/gen.npy",
+            "--metrics", "d1d2,authenticity", "--n-boot", "0"]
+    code, _, err = run_cli("copies", *base, "--backend", "faiss", "--out", tmp_path / "exact")
+    assert code == 0, err
+    code, _, err = run_cli("copies", *base, "--backend", "faiss-ivf", "--index-options", '{"nlist": 4, "nprobe": 4}',
+                           "--out", tmp_path / "ivf")
+    assert code == 0, err
+    assert _csv(tmp_path / "ivf" / "copies.csv") == _csv(tmp_path / "exact" / "copies.csv")
+    summary = json.loads((tmp_path / "ivf" / "summary.json").read_text())
+    assert summary["backend"] == "faiss-ivf" and summary["index_options"] == {"nlist": 4, "nprobe": 4}

@@ -38,6 +38,8 @@ def copies(
                                               "\"ct\": {\"k\": 10}}'. [default: {}]")] = None,
     backend: Annotated[str, typer.Option(help="kNN index: auto, torch, faiss (exact), faiss-ivf, faiss-hnsw "
                                               "(approximate). [default: auto]")] = None,
+    index_options: Annotated[str, typer.Option(help="JSON options of an approximate index, e.g. "
+                                                    "'{\"nlist\": 4000, \"nprobe\": 32}'. [default: {}]")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates of the CIs (0: none). [default: 200]")] = None,
     max_pairs: Annotated[int, typer.Option(help="Most generation / training-match pairs in the report. "
                                                 "[default: 24]")] = None,
@@ -76,7 +78,10 @@ def copies(
         "metrics": metric_list,
         "options": parse_json_text(options, "--options", example='\'{"d1d2": {"threshold": 0.25}}\'')
         if options is not None else None,
-        "backend": backend, "n_boot": n_boot, "max_pairs": max_pairs, "resample": resample, "seed": seed})
+        "backend": backend,
+        "index_options": parse_json_text(index_options, "--index-options", example='\'{"nprobe": 32}\'')
+        if index_options is not None else None,
+        "n_boot": n_boot, "max_pairs": max_pairs, "resample": resample, "seed": seed})
     summary = run_copies(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
     if shard_line(summary):
         return emit(json_out, summary, shard_line(summary))

@@ -101,6 +101,10 @@ FLD_GAP_LEVEL = -10.0
 AUTH_DROP = 0.05
 
 
+#: Keys of ``index_options`` (keyword arguments of :class:`memgeo.data.neighbors.NeighborIndex`).
+INDEX_OPTIONS: tuple[str, ...] = ("nlist", "nprobe", "hnsw_m", "ef_search", "ef_construction", "block_size")
+
+
 class CopiesConfig(BaseModel):
     """``memgeo copies``: copy metrics of generated samples against a training and a held-out set.
 
@@ -126,6 +130,9 @@ class CopiesConfig(BaseModel):
         Per-metric options, e.g. ``{"d1d2": {"threshold": 0.25}}``.
     backend : str
         kNN backend: auto, torch, faiss (exact), faiss-ivf, faiss-hnsw (approximate).
+    index_options : dict
+        Options of an approximate index (``nlist``, ``nprobe`` for faiss-ivf; ``hnsw_m``, ``ef_search``,
+        ``ef_construction`` for faiss-hnsw); ignored by the exact backends.
     n_boot, level, seed
         Bootstrap replicates (0: no CI), CI level, seed of every random choice.
     resample : str
@@ -146,6 +153,7 @@ class CopiesConfig(BaseModel):
     metrics: tuple[str, ...] | None = None
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     backend: str = "auto"
+    index_options: dict[str, Any] = Field(default_factory=dict)
     n_boot: int = Field(default=200, ge=0)
     level: float = Field(default=0.95, gt=0, lt=1)
     seed: int = Field(default=0, ge=0)
@@ -277,6 +285,9 @@ def prepare_copies(cfg: CopiesConfig) -> Plan:
     check_choice(cfg.resample, ("bicubic", "area", "bilinear", "lanczos", "nearest"), "resampling filter")
     for name in cfg.options:
         COPY_METRICS.get(name)
+    stray = sorted(set(cfg.index_options) - set(INDEX_OPTIONS))
+    if stray:
+        raise MemgeoError(f"unknown index option(s) {', '.join(stray)}", f"use {', '.join(INDEX_OPTIONS)}")
     # --- inputs ---------------------------------------------------------------------------------
     t = time.perf_counter()
     train = load_sample_set(cfg.train, name="--train", resample=cfg.resample)
@@ -311,7 +322,8 @@ def prepare_copies(cfg: CopiesConfig) -> Plan:
                           "add them to --metrics or drop their options")
     metrics = {n: COPY_METRICS.build(n, **dict(cfg.options.get(n, {}))) for n in names}  # options checked here
     t = time.perf_counter()
-    data = CopyData(feats[0], feats[1], feats[2], image_shape=image_shape, backend=cfg.backend, n_boot=cfg.n_boot,
+    data = CopyData(feats[0], feats[1], feats[2], image_shape=image_shape, backend=cfg.backend,
+                    index_options=cfg.index_options, n_boot=cfg.n_boot,
                     level=cfg.level, seed=cfg.seed)
     timings["prepare"] = time.perf_counter() - t
     # One search of the largest k any metric asks of gen -> train: the cache serves every smaller k.
@@ -425,7 +437,8 @@ def finalize_copies(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any
                     for n, r in results.items()},
         "distance_to_train": {"median_gen": float(np.median(d_gen[:, 0])), "median_test": float(np.median(d_test[:, 0])),
                               "unit": "normalized l2 ||a - b|| / sqrt(D) in the feature space"},
-        "backend": cfg.backend, "n_boot": cfg.n_boot, "level": cfg.level, "seed": cfg.seed,
+        "backend": cfg.backend, "index_options": cfg.index_options, "n_boot": cfg.n_boot, "level": cfg.level,
+        "seed": cfg.seed,
         "features": features, "inputs": inputs,
     }
     write_csv(out / "copies.csv", table)
