@@ -179,3 +179,56 @@ def test_spectrum_auto_rule():
         resolve_spectrum_method("lanczos", 64, None)
     with pytest.raises(MemgeoError, match="spectrum method"):
         resolve_spectrum_method("arpack", 64, 5)
+
+
+# ============================================================================ sub-batch operators (active-set Lanczos)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "vjp"])
+def test_sub_operator_equals_rows_of_the_parent_and_counts_into_it(mode):
+    model, x, t, cond, jac = _setup(b=5)
+    counted = CountingModel(model)
+    op = ScoreJacobianOperator(counted, x, t, cond, mode=mode)
+    v = torch.randn(5, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
+    op.sym_matvec(v)
+    before_m, before_f, calls = op.n_matvecs, op.n_forwards, counted.calls
+    idx = torch.tensor([1, 3, 4])
+    sub = op.sub(idx)
+    sym = 0.5 * (jac + jac.transpose(1, 2))
+    torch.testing.assert_close(sub.sym_matvec(v[idx]), torch.einsum("bij,bj->bi", sym[idx], v[idx]),
+                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(op.restrict(idx)(v[idx]), torch.einsum("bij,bj->bi", sym[idx], v[idx]),
+                               rtol=1e-10, atol=1e-10)
+    # the sub-operators' products and forwards show up in the parent's counters
+    assert sub.n_matvecs == 2 and op.n_matvecs == before_m + 4
+    assert op.n_forwards - before_f == counted.calls - calls >= 2
+    assert sub.n_forwards == (1 if mode == "vjp" else 2)  # vjp: one cached graph; jvp: one forward per J v too
+    with pytest.raises(MemgeoError, match="out of range"):
+        op.sub(torch.tensor([0, 5]))
+    with pytest.raises(MemgeoError, match="indices"):
+        op.sub(torch.tensor([], dtype=torch.long))
+
+
+def test_sharpness_style_lanczos_with_restrict_matches_dense():
+    model = _mlp(dim=40, classes=3)
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(7), dtype=F64)
+    cond = torch.arange(6) % 3
+    t = torch.full((6,), 0.3, dtype=F64)
+    jac = torch.stack([torch.autograd.functional.jacobian(
+        lambda xi, i=i: model.score(xi[None], t[i:i + 1], cond[i:i + 1])[0], x[i]) for i in range(6)])
+    ref = torch.linalg.eigvalsh(0.5 * (jac + jac.transpose(1, 2)))[:, :3]
+    seen = []
+    op = ScoreJacobianOperator(model, x, t, cond, mode="vjp")
+
+    def restrict(idx):
+        seen.append(idx.tolist())
+        return op.restrict(idx)
+
+    from memgeo.geometry import lanczos_extreme
+    res = lanczos_extreme(op.sym_matvec, 6, 40, k=3, n_iter=40, which="smallest", tol=1e-8, dtype=F64,
+                          generator=torch.Generator().manual_seed(0), bound="gap", restrict=restrict)
+    radius = ref.abs().amax(1, keepdim=True)
+    assert float(((res.eigenvalues - ref).abs() / radius).max()) < 1e-6
+    assert op.n_forwards == 1 + len(seen)  # one graph for the batch, one per restriction
+    for idx in seen:
+        assert bool((res.n_steps[idx] > res.n_steps.min()).all())

@@ -348,3 +348,79 @@ def test_slq_batched_probes_match_the_probe_loop_in_fewer_calls():
     torch.testing.assert_close(many.nodes, loop.nodes, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(many.weights, loop.weights, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(many.density, loop.density, rtol=1e-9, atol=1e-9)
+
+
+# ============================================================================ active-set (deflated) Lanczos
+
+
+def _mixed_speed_batch(batch: int = 6, dim: int = 120) -> torch.Tensor:
+    """Samples whose smallest eigenvalues converge at very different speeds: sample b has its 3 lowest
+    eigenvalues separated from a bulk in [0, 1] by a gap that shrinks with b (fast ... slow)."""
+    g = torch.Generator().manual_seed(21)
+    rows = []
+    for b in range(batch):
+        gap = 0.8 / 3 ** b
+        low = torch.tensor([-3 * gap, -2 * gap, -gap], dtype=F64)
+        rows.append(torch.cat([low, torch.rand(dim - 3, generator=g, dtype=F64)]))
+    return with_spectrum(torch.sort(torch.stack(rows), dim=1).values, seed=22)
+
+
+@pytest.mark.parametrize("return_vectors", [False, True])
+def test_restricted_lanczos_freezes_converged_samples(return_vectors):
+    a = _mixed_speed_batch()
+    b, d = a.shape[0], a.shape[1]
+    ref = torch.linalg.eigvalsh(a)[:, :3]
+    calls: list[torch.Tensor] = []
+
+    def restrict(idx: torch.Tensor):
+        calls.append(idx.clone())
+        return dense_matvec(a[idx])
+
+    full_mv = dense_matvec(a)
+    kw = dict(k=3, n_iter=d, which="smallest", tol=1e-6, dtype=F64, bound="gap", return_vectors=return_vectors)
+    deflated = lanczos_extreme(full_mv, b, d, generator=torch.Generator().manual_seed(0), restrict=restrict, **kw)
+    plain = lanczos_extreme(dense_matvec(a), b, d, generator=torch.Generator().manual_seed(0), **kw)
+    radius = ref.abs().amax(1, keepdim=True)
+    # every sample within the tolerance of the dense answer, and of the run without restriction
+    assert float(((deflated.eigenvalues - ref).abs() / radius).max()) < 1e-5
+    assert float(((deflated.eigenvalues - plain.eigenvalues).abs() / radius).max()) < 1e-5
+    steps = deflated.n_steps
+    assert steps.shape == (b,) and int(steps.max()) == deflated.n_matvecs <= plain.n_matvecs + 5
+    assert int(steps.min()) < int(steps.max()) - 10  # very different speeds, each recorded
+    assert bool((plain.n_steps == plain.n_matvecs).all()) and plain.sample_matvecs == b * plain.n_matvecs
+    # restrict got ascending, shrinking index sets of exactly the samples that were still unfrozen
+    assert calls, "some samples converged long before the slowest: the batch must be restricted"
+    prev = torch.arange(b)
+    for idx in calls:
+        assert idx.dtype == torch.long and bool((idx.diff() > 0).all())
+        assert set(idx.tolist()) < set(prev.tolist())
+        assert bool((steps[idx] > steps[~torch.isin(torch.arange(b), idx)].min()).all())
+        prev = idx
+    # per-sample products: the full batch until the first restriction, then the restricted ones
+    assert deflated.sample_matvecs < plain.sample_matvecs
+    assert full_mv.calls["n"] + 0 < deflated.n_matvecs
+    if return_vectors:
+        v = deflated.eigenvectors
+        av = torch.einsum("bij,bjk->bik", a, v)
+        resid = (av - v * deflated.eigenvalues[:, None, :]).norm(dim=1)
+        assert float((resid - deflated.residual_bounds).abs().max()) < 1e-8
+        torch.testing.assert_close(v.transpose(1, 2) @ v, torch.eye(3, dtype=F64).expand(b, 3, 3),
+                                   atol=1e-8, rtol=0)
+
+
+def test_restricted_lanczos_both_ends_and_tol_zero_run_to_the_end():
+    a = _mixed_speed_batch(batch=4, dim=80)
+    full = torch.linalg.eigvalsh(a)
+    ref = torch.cat([full[:, :2], full[:, -2:]], 1)
+    seen: list[int] = []
+
+    def restrict(idx):
+        seen.append(len(idx))
+        return dense_matvec(a[idx])
+
+    res = lanczos_extreme(dense_matvec(a), 4, 80, k=2, n_iter=80, which="both", tol=1e-7, dtype=F64,
+                          generator=torch.Generator().manual_seed(1), restrict=restrict)
+    assert float(((res.eigenvalues - ref).abs() / full.abs().amax(1, keepdim=True)).max()) < 1e-6
+    zero = lanczos_extreme(dense_matvec(a), 4, 80, k=2, n_iter=30, which="both", tol=0, dtype=F64,
+                           generator=torch.Generator().manual_seed(1), restrict=restrict)
+    assert zero.n_matvecs == 30 and bool((zero.n_steps == 30).all()) and zero.sample_matvecs == 4 * 30

@@ -147,6 +147,8 @@ class ScoreJacobianOperator:
         Network-derivative products performed so far, counted per vector: a (P, B, D) batch counts P.
     n_forwards : int
         Network forward passes run by the operator (graph builds, or one per product uncached).
+        Both counters include the work of the operators made by :meth:`sub` / :meth:`restrict`
+        (a product on a sub-batch counts one, like a product on the whole batch).
     """
 
     def __init__(self, model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float,
@@ -161,6 +163,7 @@ class ScoreJacobianOperator:
         self.f = flat_score_fn(model, self.t, cond)
         self.n_matvecs = 0
         self.n_forwards = 0
+        self._parent: ScoreJacobianOperator | None = None
         self._value: torch.Tensor | None = None
         self._pullback: Callable | None = None
         self._pull_g: Callable | None = None
@@ -175,7 +178,7 @@ class ScoreJacobianOperator:
 
     def _get_pullback(self) -> Callable:
         if self._pullback is None or not self.cache:
-            self.n_forwards += 1
+            self._count(forwards=1)
             value, pullback = vjp(self.f, self.x)
             if not self.cache:
                 return pullback
@@ -194,7 +197,7 @@ class ScoreJacobianOperator:
 
     def _get_lin(self) -> Callable:
         if self._lin is None or not self.cache:
-            self.n_forwards += 2  # torch.func.linearize evaluates the network twice: primal and traced jvp
+            self._count(forwards=2)  # torch.func.linearize evaluates the network twice: primal and traced jvp
             value, lin = linearize(self.f, self.x)
             if not self.cache:
                 return lin
@@ -205,7 +208,7 @@ class ScoreJacobianOperator:
         """The network's score at the points, (B, D): from the cached forward (run it if none yet)."""
         with torch.no_grad():
             if not self.cache:
-                self.n_forwards += 1
+                self._count(forwards=1)
                 return self.f(self.x).detach()
             if self._value is None:
                 if self.mode == "linearize":
@@ -214,6 +217,48 @@ class ScoreJacobianOperator:
                     self._get_pullback()
         assert self._value is not None
         return self._value
+
+    def _count(self, matvecs: int = 0, forwards: int = 0) -> None:
+        """Add to this operator's counters and to those of the operator it was restricted from."""
+        op: ScoreJacobianOperator | None = self
+        while op is not None:
+            op.n_matvecs += matvecs
+            op.n_forwards += forwards
+            op = op._parent
+
+    def sub(self, idx: torch.Tensor) -> "ScoreJacobianOperator":
+        """The operator of the sub-batch ``x[idx]`` (with ``t[idx]``, ``cond[idx]``), same mode and caching.
+
+        Parameters
+        ----------
+        idx : Tensor (b,), int64
+            Indices into this operator's batch.
+
+        Returns
+        -------
+        ScoreJacobianOperator
+            A fresh operator on (b, D) vectors. Its first product builds its own graph (one forward at
+            the b points); its counters start at 0 and its products and forwards are also added to
+            this operator's counters.
+        """
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
+        if idx.ndim != 1 or idx.numel() == 0:
+            raise MemgeoError(f"sub-batch indices have shape {tuple(idx.shape)}", "pass a non-empty 1-D index tensor")
+        if bool((idx < 0).any()) or bool((idx >= self.x.shape[0]).any()):
+            raise MemgeoError(f"sub-batch indices out of range for a batch of {self.x.shape[0]}",
+                              f"pass indices in [0, {self.x.shape[0] - 1}]")
+        cond = None if self.cond is None else self.cond[idx.to(self.cond.device)]
+        op = ScoreJacobianOperator(self.model, self.x[idx], self.t[idx], cond, self.mode, cache=self.cache)
+        op._parent = self
+        return op
+
+    def restrict(self, idx: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``sub(idx).sym_matvec``: the symmetric-part product on the samples ``idx``, (b, D) -> (b, D).
+
+        The ``restrict`` argument of :func:`memgeo.geometry.linalg.lanczos_extreme` when its matvec is
+        :meth:`sym_matvec` (indices always into this operator's batch).
+        """
+        return self.sub(idx).sym_matvec
 
     def close(self) -> None:
         """Free the cached graphs and activations (the operator stays usable and rebuilds on demand)."""
@@ -240,7 +285,7 @@ class ScoreJacobianOperator:
         ``make`` builds (or fetches) the graph outside vmap, so a graph is never captured inside a
         transform that has ended by the time it is reused.
         """
-        self.n_matvecs += 1 if v.ndim == 2 else v.shape[0]
+        self._count(matvecs=1 if v.ndim == 2 else v.shape[0])
         # torch.func ignores an outer no_grad for its own transforms, but it stops ordinary autograd
         # from also recording a graph over trainable parameters.
         with torch.no_grad():
@@ -261,7 +306,7 @@ class ScoreJacobianOperator:
             return self._apply(self._get_lin, v)
 
         def make() -> Callable[[torch.Tensor], torch.Tensor]:
-            self.n_forwards += 1  # forward mode recomputes the primal: one forward per call (shared by P)
+            self._count(forwards=1)  # forward mode recomputes the primal: one forward per call (shared by P)
             return lambda u: jvp(self.f, (self.x,), (u,))[1]
 
         return self._apply(make, v)

@@ -56,6 +56,12 @@ class LanczosResult:
     which : str
     eigenvectors : Tensor, shape (B, D, k) or (B, D, 2k), optional
         Unit Ritz vectors matching ``eigenvalues`` (only with ``return_vectors=True``).
+    n_steps : Tensor (B,), int64, optional
+        Krylov dimension at which each sample's Ritz values were taken: ``n_matvecs`` for every
+        sample without ``restrict``; with it, the check at which the sample met the stopping bound.
+    sample_matvecs : int
+        Per-sample operator products computed: the sum over operator calls of the batch size of the
+        call (B * n_matvecs without ``restrict``; less once converged samples are dropped).
     """
 
     eigenvalues: torch.Tensor
@@ -63,6 +69,8 @@ class LanczosResult:
     n_matvecs: int
     which: str
     eigenvectors: torch.Tensor | None = None
+    n_steps: torch.Tensor | None = None
+    sample_matvecs: int = 0
 
 
 @dataclass
@@ -243,6 +251,132 @@ def _select(which: str, k: int, j: int) -> torch.Tensor:
     return torch.cat([torch.arange(k), torch.arange(j - k, j)])
 
 
+def _meets_bound(theta: torch.Tensor, res: torch.Tensor, idx: torch.Tensor, tol: float, bound: str) -> torch.Tensor:
+    """(b,) bool: every selected Ritz value's error bound is below ``tol`` times the sample's |theta|_max."""
+    radius = theta.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    err = res
+    if bound == "gap":
+        diff = theta.diff(dim=1)
+        inf = torch.full_like(theta[:, :1], float("inf"))
+        gap = torch.minimum(torch.cat([inf, diff], 1), torch.cat([diff, inf], 1))
+        err = torch.minimum(res, res * res / gap.clamp_min(torch.finfo(torch.float64).tiny))
+    return (err[:, idx] <= tol * radius).all(1)
+
+
+#: Restrict the operator once at least this fraction of the samples still in the batch has converged.
+RESTRICT_FRACTION = 0.25
+GUARD = 0
+STABLE = True
+WINDOW = 1
+
+
+def _lanczos_active(matvec: Matvec, restrict: Callable[[torch.Tensor], Matvec] | None, q0: torch.Tensor, m: int,
+                    generator: torch.Generator | None, which: str, k: int, tol: float, bound: str,
+                    check_every: int, first_check: int, return_vectors: bool,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, int, int]:
+    """Batched Lanczos that freezes each sample when it converges and drops frozen samples from the batch.
+
+    Same recurrence, reorthogonalization and restarts as :func:`_lanczos`, on the rows still in the
+    batch. At every check (every ``check_every`` steps from ``first_check`` on; always at step m) the
+    samples whose selected Ritz values meet the bound and moved by less than ``tol`` times the
+    sample's spectral radius since the previous check are frozen (at step m: all the rest): their Ritz values, residual bounds
+    and (optionally) vectors are taken at that check. Frozen rows keep riding along (their products
+    are wasted) until at least ``RESTRICT_FRACTION`` of the current batch is frozen; then the working
+    arrays are compacted to the live rows and ``restrict(global indices of the live samples)``
+    supplies the matvec for them (rebuilding an operator costs about one network forward, a quarter
+    of the batch's products pays for it within a few steps). Without ``restrict`` the batch is
+    never compacted.
+
+    Returns
+    -------
+    theta (B, n_sel) float64, res (B, n_sel) float64, vecs (B, D, n_sel) or None, n_steps (B,),
+    operator calls, per-sample products (sum of call batch sizes).
+    """
+    b0, d = q0.shape
+    n_sel = 2 * k if which == "both" else k
+    out_theta = torch.zeros(b0, n_sel, dtype=torch.float64, device=q0.device)
+    out_res = torch.zeros_like(out_theta)
+    out_vecs = q0.new_zeros(b0, d, n_sel) if return_vectors else None
+    n_steps = torch.zeros(b0, dtype=torch.long)
+    act = torch.arange(b0)  # global sample index of each working row
+    live = torch.ones(b0, dtype=torch.bool)  # working rows not frozen yet
+    basis = q0.new_zeros(b0, m, d)
+    alpha = q0.new_zeros(b0, m)
+    beta = q0.new_zeros(b0, m)
+    scale = q0.new_zeros(b0)
+    n_guard = n_sel + (2 * GUARD if which == "both" else GUARD)
+    prev = torch.full((b0, WINDOW, n_guard), float("nan"), dtype=torch.float64, device=q0.device)
+    q, mv = q0, matvec
+    calls = rows = 0
+    for j in range(m):
+        basis[:, j] = q
+        w = _apply(mv, q)
+        calls += 1
+        rows += q.shape[0]
+        a = (q * w).sum(1)
+        alpha[:, j] = a
+        w = w - a[:, None] * q
+        if j > 0:
+            w = w - beta[:, j - 1, None] * basis[:, j - 1]
+        w, _ = _orthogonalize(w, basis[:, : j + 1])
+        nrm = w.norm(dim=1)
+        beta[:, j] = nrm
+        scale = torch.maximum(scale, torch.maximum(a.abs(), nrm))
+        last = j + 1 == m
+        if last or (tol > 0 and j + 1 >= first_check and (j + 1) % check_every == 0):
+            cand = live.nonzero().squeeze(1)
+            theta, s, res = _ritz(alpha[cand, : j + 1], beta[cand, : j + 1])
+            idx = _select(which, k, j + 1)
+            if last:
+                conv = torch.ones(len(cand), dtype=torch.bool)
+            else:
+                # Frozen only when the bound holds and the selected Ritz values moved by less than
+                # tol * radius since the previous check: a Ritz value that settled on the (k+1)-th
+                # eigenvalue while the k-th is still undiscovered can meet the gap bound (its Ritz gap
+                # overestimates the true one), but the missing eigenvalue shifts it when it appears.
+                g = min(GUARD, (j + 1 - n_sel) // (2 if which == "both" else 1))
+                gidx = _select(which, k + g, j + 1) if g == GUARD else None
+                radius = theta.abs().amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+                rows_ = cand.to(prev.device)
+                if gidx is not None:
+                    sel = theta[:, gidx]
+                    moved = (sel - prev[rows_, WINDOW - 1]).abs().amax(1)
+                    prev[rows_, 1:] = prev[rows_, :-1].clone()
+                    prev[rows_, 0] = sel
+                else:
+                    moved = torch.full_like(radius, float("inf"))
+                conv = _meets_bound(theta, res, _select(which, k + g, j + 1), tol, bound)
+                if STABLE:
+                    conv = conv & (moved <= tol * radius)
+                conv = conv.cpu()
+            if bool(conv.any()):
+                done = cand[conv]
+                glob = act[done]
+                out_theta[glob.to(out_theta.device)] = theta[conv][:, idx]
+                out_res[glob.to(out_res.device)] = res[conv][:, idx]
+                n_steps[glob] = j + 1
+                if out_vecs is not None:
+                    sv = s[conv][:, :, idx].to(basis.dtype)
+                    out_vecs[glob.to(out_vecs.device)] = torch.einsum("bjd,bji->bdi", basis[done, : j + 1], sv)
+                live[done] = False
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            if restrict is not None and live.numel() - n_live >= RESTRICT_FRACTION * live.numel():
+                keep = live.nonzero().squeeze(1)
+                new_basis = basis.new_empty(n_live, m, d)
+                new_basis[:, : j + 1] = basis[keep, : j + 1]
+                basis = new_basis
+                alpha, beta, scale, w, nrm = alpha[keep], beta[keep], scale[keep], w[keep], nrm[keep]
+                prev = prev[keep.to(prev.device)]
+                act = act[keep]
+                live = torch.ones(n_live, dtype=torch.bool)
+                mv = restrict(act.clone())
+        if j + 1 < m:
+            q, beta[:, j] = _next_vector(w, nrm, basis[:, : j + 1], scale, generator)
+    return out_theta, out_res, out_vecs, n_steps, calls, rows
+
+
 def _check_sizes(batch: int, dim: int, n_iter: int) -> int:
     check_scalar(batch, "batch", min=1)
     check_scalar(dim, "dim", min=1)
@@ -253,7 +387,8 @@ def _check_sizes(batch: int, dim: int, n_iter: int) -> int:
 def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: int = 60, which: str = "both", *,
                     tol: float = 1e-5, check_every: int = 5, return_vectors: bool = False,
                     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                    device=None, bound: str = "residual") -> LanczosResult:
+                    device=None, bound: str = "residual",
+                    restrict: Callable[[torch.Tensor], Matvec] | None = None) -> LanczosResult:
     """Extreme eigenvalues of symmetric per-sample operators by batched Lanczos.
 
     Parameters
@@ -289,6 +424,15 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
         For the Gaussian start vectors (and restarts after breakdown).
     dtype, device
         Of the Krylov basis.
+    restrict : callable, optional
+        ``restrict(idx)``, idx (b,) int64 the indices (into the original batch, ascending) of the
+        samples still running, returns a matvec on their vectors, (b, D) -> (b, D) (e.g.
+        ``ScoreJacobianOperator.restrict``). With it, each sample is frozen at the first check where
+        its requested Ritz values meet the bound (values, bounds and vectors taken there; its step
+        count in ``n_steps``), and once at least a quarter (``RESTRICT_FRACTION``) of the samples
+        still in the batch are frozen they are dropped and the rest continue on ``restrict``'s matvec,
+        so converged samples stop costing products. Without it (default) all samples run until the
+        slowest converges and the values are taken at that last step, as before.
 
     Returns
     -------
@@ -312,6 +456,10 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
     if device is None and generator is not None:
         device = generator.device
     q0 = _start_vector(batch, dim, "gaussian", generator, dtype, device)
+    if restrict is not None:
+        theta, res, vecs, steps, calls, rows = _lanczos_active(
+            matvec, restrict, q0, m, generator, which, k, tol, bound, check_every, need, return_vectors)
+        return LanczosResult(theta.to(dtype), res.to(dtype), calls, which, vecs, steps, rows)
 
     # Samples that met the criterion once are not checked again (their Ritz values only improve),
     # so each check solves the small eigenproblems of the samples still running only.
@@ -340,7 +488,8 @@ def lanczos_extreme(matvec: Matvec, batch: int, dim: int, k: int = 5, n_iter: in
     vecs = None
     if return_vectors:
         vecs = torch.einsum("bjd,bji->bdi", basis, s[:, :, idx].to(basis.dtype))
-    return LanczosResult(theta[:, idx].to(dtype), res[:, idx].to(dtype), n, which, vecs)
+    return LanczosResult(theta[:, idx].to(dtype), res[:, idx].to(dtype), n, which, vecs,
+                         torch.full((batch,), n, dtype=torch.long), batch * n)
 
 
 def _arnoldi(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generator | None,
