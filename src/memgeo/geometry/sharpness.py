@@ -178,6 +178,7 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
     tol, n_iter, seed
         Lanczos only: eigenvalue error bound relative to the spectral radius (``bound="gap"`` of
         :func:`memgeo.geometry.linalg.lanczos_extreme`), maximum Krylov dimension, start-vector seed.
+        Samples leave the Lanczos batch as they converge (``restrict=ScoreJacobianOperator.restrict``).
 
     Returns
     -------
@@ -201,7 +202,8 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
         gen = torch.Generator(device=xf.device).manual_seed(seed)
         with ScoreJacobianOperator(model, xf, tvec, cond, mode="vjp") as op:
             res = lanczos_extreme(op.sym_matvec, b, d, k=k, n_iter=min(n_iter, d), which=which, tol=tol,
-                                  generator=gen, dtype=xf.dtype, device=xf.device, bound="gap")
+                                  generator=gen, dtype=xf.dtype, device=xf.device, bound="gap",
+                                  restrict=op.restrict)  # converged samples leave the batch
         evals = res.eigenvalues * (sig**2)[:, None].to(res.eigenvalues.dtype)
         nan = torch.full((b,), float("nan"), dtype=evals.dtype, device=evals.device)
         return SharpnessResult(t=tvec, sigma=sig, eigenvalues_sigma2=evals, asymmetry=nan,
