@@ -228,3 +228,23 @@ class _NoForwardTanh(torch.autograd.Function):
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
         return g * (1 - y * y)
+
+
+def write_caption_checkpoint(folder, captions: Sequence[str]) -> None:
+    """A random-weight (seed 0) (1, 4, 4) caption model saved under ``folder/model``, a labelled prompt file
+    ``folder/prompts.jsonl`` ("photo" prompts memorized; the fourth has its own seed 1234) and 20 uniform
+    training images ``folder/train_x.npy``: the tiny checkpoint of the detect / shard / Ray CLI tests."""
+    import json
+
+    import numpy as np
+
+    from memgeo.models.caption import CaptionDiffusionModel, CaptionModelConfig, build_vocab, save_caption_model
+
+    torch.manual_seed(0)
+    cfg = CaptionModelConfig(data_shape=(1, 4, 4), vocab=build_vocab(list(captions)), hidden=32, depth=1,
+                             embed_dim=16, heads=2, max_length=8)
+    save_caption_model(CaptionDiffusionModel(cfg).eval(), folder / "model")
+    lines = [{"prompt": p, "memorized": int("photo" in p)} for p in captions]
+    lines[3]["seed"] = 1234
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    np.save(folder / "train_x.npy", np.random.default_rng(0).uniform(-1, 1, (20, 1, 4, 4)).astype(np.float32))

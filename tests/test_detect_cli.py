@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from prompt_toys import write_caption_checkpoint
 
-from memgeo.models.caption import CaptionDiffusionModel, CaptionModelConfig, build_vocab, save_caption_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,14 +26,7 @@ CAPTIONS = ["a photo of zebra", "a photo of quokka", "a digit one", "a digit two
 def caption_folder(tmp_path_factory):
     """A small random-weight caption model saved as a checkpoint folder, with a labelled prompt file."""
     folder = tmp_path_factory.mktemp("caption")
-    torch.manual_seed(0)
-    cfg = CaptionModelConfig(data_shape=(1, 4, 4), vocab=build_vocab(CAPTIONS), hidden=32, depth=1, embed_dim=16,
-                             heads=2, max_length=8)
-    save_caption_model(CaptionDiffusionModel(cfg).eval(), folder / "model")
-    lines = [{"prompt": p, "memorized": int("photo" in p)} for p in CAPTIONS]
-    lines[3]["seed"] = 1234
-    (folder / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    np.save(folder / "train_x.npy", np.random.default_rng(0).uniform(-1, 1, (20, 1, 4, 4)).astype(np.float32))
+    write_caption_checkpoint(folder, CAPTIONS)
     return folder
 
 

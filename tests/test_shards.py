@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from memgeo.errors import MemgeoError
-from memgeo.models.caption import CaptionDiffusionModel, CaptionModelConfig, build_vocab, save_caption_model
 from memgeo.workflows.items import parse_shard, read_shard_meta, scale_options, shard_path, split_units
+from prompt_toys import write_caption_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,15 +26,8 @@ CAPTIONS = ["a photo of zebra", "a photo of quokka", "a digit one", "a digit two
 def assets(tmp_path_factory):
     """A random-weight caption model, a labelled prompt file, training images, and points for lid/sharpness."""
     folder = tmp_path_factory.mktemp("shards")
-    torch.manual_seed(0)
-    cfg = CaptionModelConfig(data_shape=(1, 4, 4), vocab=build_vocab(CAPTIONS), hidden=32, depth=1, embed_dim=16,
-                             heads=2, max_length=8)
-    save_caption_model(CaptionDiffusionModel(cfg).eval(), folder / "model")
-    lines = [{"prompt": p, "memorized": int("photo" in p)} for p in CAPTIONS]
-    lines[3]["seed"] = 1234
-    (folder / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    rng = np.random.default_rng(0)
-    np.save(folder / "train_x.npy", rng.uniform(-1, 1, (20, 1, 4, 4)).astype(np.float32))
+    write_caption_checkpoint(folder, CAPTIONS)
+    rng = np.random.default_rng(1)
     d = 3
     np.save(folder / "mean.npy", np.zeros(d))
     np.save(folder / "cov.npy", np.diag([1.0, 0.5, 1e-4]))
