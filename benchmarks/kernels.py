@@ -16,7 +16,8 @@ other jobs on a shared machine only ever add time.
 (a) The 5 most negative eigenvalues of (J + J^T)/2 at every one of the B points, at equal accuracy
     (max relative error <= ``--rel`` on every sample against float64 ``eigvalsh`` of the dense
     float32 Jacobian): memgeo's batched ``lanczos_extreme`` over all B samples at once (one cached
-    ``ScoreJacobianOperator(mode="vjp")``) against per-sample ``scipy.sparse.linalg.eigsh`` on the same
+    ``ScoreJacobianOperator(mode="vjp")``; bounds "residual" and "gap", and "gap" with
+    ``restrict=op.restrict``, which drops converged samples from the batch) against per-sample ``scipy.sparse.linalg.eigsh`` on the same
     cached operator at B = 1 (``tol=--rel``; optionally also on today's uncached operator for a
     subset) and per-sample hessian-eigenthings ``lanczos`` (``max_iter`` = the smallest of a ladder
     that reaches ``--rel`` on every sample of a short calibration subset). Per-sample = total / B.
