@@ -426,7 +426,7 @@ def e2e(args: argparse.Namespace) -> None:
             summary = json.loads((out / "summary.json").read_text())
             row = {"n": n, "backend": backend, "n_gen": summary["n_gen"], "n_test": summary["n_test"],
                    "wall_s": wall, "maxrss_mb": peak / 1024 if peak else None,
-                   "timings": summary["timings"], "command": " ".join(cmd),
+                   "timings": summary["timings"], "command": " ".join(["memgeo", *cmd[1:]]),
                    "rates": {k: {f: m.get(f) for f in ("value", "baseline", "n_flagged", "ci_low", "ci_high")}
                              for k, m in summary["metrics"].items()},
                    "details": {k: {f: m[f] for f in ("train_spacing", "spacing_rows", "spacing_subsampled")
