@@ -186,6 +186,25 @@ def _tridiag(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _lanczos_step(matvec: Matvec, q: torch.Tensor, j: int, basis: torch.Tensor, alpha: torch.Tensor,
+                  beta: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step j of batched Lanczos from the unit vectors q (B, D): stores q in ``basis[:, j]`` and the
+    diagonal entry in ``alpha[:, j]`` and the residual norm in ``beta[:, j]`` (in place); returns the
+    residual w (B, D), its norm (B,) and the running operator scale (B,)."""
+    basis[:, j] = q
+    w = _apply(matvec, q)
+    a = (q * w).sum(1)
+    alpha[:, j] = a
+    # The three-term recurrence first, then a full reorthogonalization that also cleans it up.
+    w = w - a[:, None] * q
+    if j > 0:
+        w = w - beta[:, j - 1, None] * basis[:, j - 1]
+    w, _ = _orthogonalize(w, basis[:, : j + 1])
+    nrm = w.norm(dim=1)
+    beta[:, j] = nrm
+    return w, nrm, torch.maximum(scale, torch.maximum(a.abs(), nrm))
+
+
 def _lanczos(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generator | None,
              stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None, check_every: int = 5,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -215,18 +234,7 @@ def _lanczos(matvec: Matvec, q0: torch.Tensor, m: int, generator: torch.Generato
     q = q0
     j = 0
     for j in range(m):
-        basis[:, j] = q
-        w = _apply(matvec, q)
-        a = (q * w).sum(1)
-        alpha[:, j] = a
-        # The three-term recurrence first, then a full reorthogonalization that also cleans it up.
-        w = w - a[:, None] * q
-        if j > 0:
-            w = w - beta[:, j - 1, None] * basis[:, j - 1]
-        w, _ = _orthogonalize(w, basis[:, : j + 1])
-        nrm = w.norm(dim=1)
-        beta[:, j] = nrm
-        scale = torch.maximum(scale, torch.maximum(a.abs(), nrm))
+        w, nrm, scale = _lanczos_step(matvec, q, j, basis, alpha, beta, scale)
         if stop is not None and (j + 1) % check_every == 0 and stop(alpha[:, : j + 1], beta[:, : j + 1]):
             break
         if j + 1 < m:
@@ -314,19 +322,9 @@ def _lanczos_active(matvec: Matvec, restrict: Callable[[torch.Tensor], Matvec], 
     q, mv = q0, matvec
     calls = rows = 0
     for j in range(m):
-        basis[:, j] = q
-        w = _apply(mv, q)
         calls += 1
         rows += q.shape[0]
-        a = (q * w).sum(1)
-        alpha[:, j] = a
-        w = w - a[:, None] * q
-        if j > 0:
-            w = w - beta[:, j - 1, None] * basis[:, j - 1]
-        w, _ = _orthogonalize(w, basis[:, : j + 1])
-        nrm = w.norm(dim=1)
-        beta[:, j] = nrm
-        scale = torch.maximum(scale, torch.maximum(a.abs(), nrm))
+        w, nrm, scale = _lanczos_step(mv, q, j, basis, alpha, beta, scale)
         last = j + 1 == m
         if last or (tol > 0 and j + 1 >= first_check and (j + 1) % check_every == 0):
             cand = live.nonzero().squeeze(1)
