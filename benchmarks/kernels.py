@@ -16,11 +16,18 @@ other jobs on a shared machine only ever add time.
 (a) The 5 most negative eigenvalues of (J + J^T)/2 at every one of the B points, at equal accuracy
     (max relative error <= ``--rel`` on every sample against float64 ``eigvalsh`` of the dense
     float32 Jacobian): memgeo's batched ``lanczos_extreme`` over all B samples at once (one cached
-    ``ScoreJacobianOperator(mode="vjp")``; bounds "residual" and "gap", and "gap" with
-    ``restrict=op.restrict``, which drops converged samples from the batch) against per-sample ``scipy.sparse.linalg.eigsh`` on the same
-    cached operator at B = 1 (``tol=--rel``; optionally also on today's uncached operator for a
-    subset) and per-sample hessian-eigenthings ``lanczos`` (``max_iter`` = the smallest of a ladder
-    that reaches ``--rel`` on every sample of a short calibration subset). Per-sample = total / B.
+    ``ScoreJacobianOperator(mode="vjp")``; bounds "residual" and "gap", and the headline: "gap" with
+    ``restrict=op.restrict``, which drops converged samples from the batch, and at T > 1 threads
+    ``workers=T``, the batch split over T threads with one intra-op thread each; at T > 1 the same
+    without workers, on T intra-op threads, is a row too) against per-sample
+    ``scipy.sparse.linalg.eigsh`` on the same cached operator at B = 1 (``tol`` = the loosest of
+    ``--scipy-tols`` and ``--rel`` that reaches ``--rel`` on a calibration subset; also on today's
+    uncached operator for a subset), at T > 1 also scipy with the samples spread over T processes
+    of one thread each (the cores used the same way as memgeo's workers), and per-sample
+    hessian-eigenthings ``lanczos`` (``max_iter`` = the smallest of a ladder that reaches ``--rel``
+    on the calibration subset). Per-sample = total / B. memgeo's headline and scipy's per-sample
+    pass alternate in ``--rounds`` paired rounds, whose ratios are reported too (min-max): a busy
+    period of a shared machine then slows both sides of a round.
 (b) FLIPD (t0 = 0.05, Hutchinson) with k probes against the time of 1 + k score forwards at B;
     also today's cost (an uncached product per probe, one probe per call).
 (c) Jeon's first-step score (``jeon``: J v by forward mode; ``jeon_vjp``: one J^T v) on a tiny
@@ -89,9 +96,49 @@ def rel_err(found: np.ndarray, ref: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------------------- (a)
 
-def section_a(model, x, c, args, threads: int) -> list[dict]:
+def eigsh_one(model, x, c, i: int, t: float, k: int, tol: float, v0: np.ndarray, cache: bool = True
+              ) -> tuple[np.ndarray, int]:
+    """scipy ``eigsh`` (ARPACK) on sample i alone: its k smallest eigenvalues (ascending) and the matvec count."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
+    d = x.shape[1]
+    count = [0]
+    with ScoreJacobianOperator(model, x[i:i + 1], t, c[i:i + 1], mode="vjp", cache=cache) as op:
+        def mv(vec: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            vt = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float64).reshape(1, d)).float()
+            return op.sym_matvec(vt).double().numpy().reshape(-1)
+
+        w = eigsh(LinearOperator((d, d), matvec=mv, dtype=np.float64), k=k, which="SA", tol=tol, v0=v0,
+                  return_eigenvectors=False)
+    return np.sort(w), count[0]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _scipy_worker_init(seed: int, batch: int, t: float) -> None:
+    """Process-pool initializer: one intra-op thread, the same model and points as the parent (same seeds)."""
+    torch.set_num_threads(1)
+    model = build_mlp(seed)
+    _WORKER["model"] = model
+    _WORKER["x"], _WORKER["c"] = points(model, batch, t, seed)
+
+
+def _scipy_worker_run(job: tuple[list[int], float, int, float, np.ndarray]) -> tuple[list[np.ndarray], float, int]:
+    """Per-sample eigsh on the samples ``job[0]`` in this worker; (eigenvalues, CPU seconds, matvecs)."""
+    idx, t, k, tol, v0 = job
+    c0 = time.process_time()
+    found, total = [], 0
+    with torch.no_grad():
+        for i in idx:
+            w, n = eigsh_one(_WORKER["model"], _WORKER["x"], _WORKER["c"], i, t, k, tol, v0)
+            found.append(w)
+            total += n
+    return found, time.process_time() - c0, total
+
+
+def section_a(model, x, c, args, threads: int) -> list[dict]:
     b, d, k, t = x.shape[0], model.dim, args.k, args.t
     jac = score_jacobian(model, x, t, c, chunk_size=8).double()
     ref = torch.linalg.eigvalsh(0.5 * (jac + jac.transpose(1, 2)))[:, :k].numpy()  # (B, k) ascending
@@ -100,24 +147,36 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
     base = {"threads": threads, "B": b, "D": d, "k": k}
 
     # memgeo: one batched Lanczos over all B samples, graph built inside the timed call.
-    # restrict=True: converged samples are frozen and dropped (op.restrict rebuilds the graph on the rest).
-    def memgeo_run(bound: str, restrict: bool):
+    # restrict=True: converged samples are frozen and dropped (op.restrict rebuilds the graph on the rest);
+    # workers > 1: the batch split over that many threads with one intra-op thread each.
+    def memgeo_run(bound: str, restrict: bool, workers: int = 1):
         gen = torch.Generator().manual_seed(args.seed)
         with ScoreJacobianOperator(model, x, t, c, mode="vjp") as op:
             res = lanczos_extreme(op.sym_matvec, b, d, k=k, n_iter=args.n_iter, which="smallest", tol=args.rel,
-                                  generator=gen, bound=bound, restrict=op.restrict if restrict else None)
+                                  generator=gen, bound=bound, restrict=op.restrict if restrict else None,
+                                  workers=workers)
         return res
 
-    for bound, restrict in (("residual", False), ("gap", False), ("gap", True)):
-        wall, cpu, res = clock(lambda bound=bound, restrict=restrict: memgeo_run(bound, restrict), args.repeats)
+    def memgeo_row(label: str, wall: float, cpu: float, res) -> dict:
         errs = [rel_err(res.eigenvalues[i].double().numpy(), ref[i]) for i in range(b)]
-        err = max(errs)
-        tag = ", converged samples dropped (restrict=op.restrict)" if restrict else ""
-        rows.append({**base, "method": f"memgeo lanczos_extreme, batched over B, bound={bound!r}{tag} (cached vjp operator)",
-                     "samples": b, "matvecs": f"{res.n_matvecs} batched, {res.sample_matvecs / b:.1f} per sample",
-                     "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b, "max_rel_err": err,
-                     "n_bad": sum(e > args.rel for e in errs), "ok": err <= args.rel})
-    mem_wall, mem_cpu = wall / b, cpu / b  # the ratios below are against the last (gap, restricted) row
+        return {**base, "method": f"memgeo lanczos_extreme, batched over B, {label} (cached vjp operator)",
+                "samples": b, "matvecs": f"{res.n_matvecs} batched, {res.sample_matvecs / b:.1f} per sample",
+                "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b, "max_rel_err": max(errs),
+                "n_bad": sum(e > args.rel for e in errs), "ok": max(errs) <= args.rel}
+
+    for bound, restrict in (("residual", False), ("gap", False)):
+        wall, cpu, res = clock(lambda bound=bound, restrict=restrict: memgeo_run(bound, restrict), args.repeats)
+        rows.append(memgeo_row(f"bound={bound!r}", wall, cpu, res))
+    # The headline configuration: gap bound, converged samples dropped, and at T > 1 threads the batch
+    # split over T threads. Timed in rounds interleaved with scipy's per-sample passes (below), so each
+    # round's ratio is measured under the same load.
+    headline = "bound='gap', converged samples dropped (restrict=op.restrict)"
+    workers = threads if threads > 1 else 1
+    if workers > 1:
+        wall, cpu, res = clock(lambda: memgeo_run("gap", True), args.repeats)
+        rows.append(memgeo_row(headline + f", {threads} intra-op threads", wall, cpu, res))
+        headline += f", batch split over workers={workers} threads"
+    memgeo_run("gap", True, workers)  # warm-up
 
     v0 = np.random.default_rng(args.seed).standard_normal(d)
 
@@ -125,19 +184,9 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
         found, total = [], 0
         for i in range(n):
             w0, c0 = time.perf_counter(), time.process_time()
-            op = ScoreJacobianOperator(model, x[i:i + 1], t, c[i:i + 1], mode="vjp", cache=cache)
-            count = [0]
-
-            def mv(vec: np.ndarray, op=op, count=count) -> np.ndarray:
-                count[0] += 1
-                vt = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float64).reshape(1, d)).float()
-                return op.sym_matvec(vt).double().numpy().reshape(-1)
-
-            w = eigsh(LinearOperator((d, d), matvec=mv, dtype=np.float64), k=k, which="SA", tol=tol, v0=v0,
-                      return_eigenvectors=False)
-            found.append(np.sort(w))
-            total += count[0]
-            op.close()
+            w, count = eigsh_one(model, x, c, i, t, k, tol, v0, cache)
+            found.append(w)
+            total += count
             if per_sample is not None:
                 per_sample.append((time.perf_counter() - w0, time.process_time() - c0))
         return found, total
@@ -148,21 +197,66 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
         if max(rel_err(f, ref[i]) for i, f in enumerate(scipy_run(n_cal, True, cand)[0])) <= args.rel:
             tol = cand
             break
-    for cache, n in ((True, b), (False, min(args.uncached_samples, b))):
-        if n <= 0:
-            continue
-        # each sample's own minimum over --eig-repeats passes, summed (per-sample min, like clock())
-        passes: list[list] = []
+
+    # Paired rounds: memgeo's headline run (twice, the faster kept) then one scipy pass over all B samples.
+    mem_rounds, sci_passes, res = [], [], None
+    for _ in range(args.rounds):
+        best = None
+        for _ in range(2):
+            w0, c0 = time.perf_counter(), time.process_time()
+            res = memgeo_run("gap", True, workers)
+            tm = (time.perf_counter() - w0, time.process_time() - c0)
+            best = tm if best is None or tm[0] < best[0] else best
+        mem_rounds.append(best)
+        sci_passes.append([])
+        found, total = scipy_run(b, True, tol, sci_passes[-1])
+    mem_wall, mem_cpu = min(r[0] for r in mem_rounds) / b, min(r[1] for r in mem_rounds) / b
+    rows.append(memgeo_row(headline, mem_wall * b, mem_cpu * b, res))
+    paired = [sum(p[0] for p in ps) / mr[0] for ps, mr in zip(sci_passes, mem_rounds)]
+    paired_cpu = [sum(p[1] for p in ps) / mr[1] for ps, mr in zip(sci_passes, mem_rounds)]
+    wall = sum(min(ps[i][0] for ps in sci_passes) for i in range(b))  # each sample's minimum over the passes
+    cpu = sum(min(ps[i][1] for ps in sci_passes) for i in range(b))
+    err = max(rel_err(found[i], ref[i]) for i in range(b))
+    rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, cached vjp operator", "samples": b,
+                 "matvecs": f"{total / b:.0f} / sample", "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b,
+                 "max_rel_err": err, "ok": err <= args.rel, "x_wall": (wall / b) / mem_wall,
+                 "x_cpu": (cpu / b) / mem_cpu, "x_wall_rounds": paired, "x_cpu_rounds": paired_cpu,
+                 "x_rounds": f"{min(paired):.1f}-{max(paired):.1f} / {min(paired_cpu):.1f}-{max(paired_cpu):.1f}"})
+
+    if threads > 1:  # scipy given the same cores: samples spread over T processes, one thread each
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [ch.tolist() for ch in torch.arange(b).tensor_split(threads)]
+        with ProcessPoolExecutor(threads, mp_context=mp.get_context("spawn"), initializer=_scipy_worker_init,
+                                 initargs=(args.seed, b, t)) as pool:
+            list(pool.map(_scipy_worker_run, [([ch[0]], t, k, tol, v0) for ch in chunks]))  # start + warm up
+            passes = []
+            for _ in range(args.rounds):
+                w0 = time.perf_counter()
+                outs = list(pool.map(_scipy_worker_run, [(ch, t, k, tol, v0) for ch in chunks]))
+                passes.append((time.perf_counter() - w0, sum(o[1] for o in outs), outs))
+        wall, cpu, outs = min(passes, key=lambda p: p[0])
+        found = [w for o in outs for w in o[0]]
+        err = max(rel_err(found[i], ref[i]) for i in range(b))
+        rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, samples spread over "
+                                       f"{threads} processes with 1 thread each (cached vjp operator)",
+                     "samples": b, "matvecs": f"{sum(o[2] for o in outs) / b:.0f} / sample",
+                     "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b, "max_rel_err": err, "ok": err <= args.rel,
+                     "x_wall": (wall / b) / mem_wall, "x_cpu": (cpu / b) / mem_cpu})
+
+    n = min(args.uncached_samples, b)
+    if n > 0:
+        passes = []
         for _ in range(args.eig_repeats):
             passes.append([])
-            found, total = scipy_run(n, cache, tol, passes[-1])
+            found, total = scipy_run(n, False, tol, passes[-1])
         wall = sum(min(p[i][0] for p in passes) for i in range(n))
         cpu = sum(min(p[i][1] for p in passes) for i in range(n))
         err = max(rel_err(found[i], ref[i]) for i in range(n))
-        label = "cached vjp operator" if cache else "today's uncached operator"
-        rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, {label}", "samples": n,
-                     "matvecs": f"{total / n:.0f} / sample", "wall_ms": 1e3 * wall / n, "cpu_ms": 1e3 * cpu / n,
-                     "max_rel_err": err, "ok": err <= args.rel,
+        rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, today's uncached operator",
+                     "samples": n, "matvecs": f"{total / n:.0f} / sample", "wall_ms": 1e3 * wall / n,
+                     "cpu_ms": 1e3 * cpu / n, "max_rel_err": err, "ok": err <= args.rel,
                      "x_wall": (wall / n) / mem_wall, "x_cpu": (cpu / n) / mem_cpu})
 
     try:
@@ -364,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, nargs="+", default=[32, 256], help="prompts (rows) of section (c)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (the minimum is reported)")
     p.add_argument("--eig-repeats", type=int, default=2,
-                   help="passes of the per-sample eigensolver loops (each sample's minimum is used)")
+                   help="passes of the per-sample hessian-eigenthings and uncached scipy loops (each sample's "
+                        "minimum is used)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="section (a): paired rounds of memgeo's headline run and one scipy pass over all B")
     p.add_argument("--mmap-threshold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -405,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = {
         "a": [("threads", "threads"), ("method", "method"), ("samples", "samples"), ("matvecs", "sym matvecs"),
               ("wall_ms", "wall ms / sample"), ("cpu_ms", "CPU ms / sample"), ("x_wall", "× memgeo (wall)"),
-              ("x_cpu", "× memgeo (CPU)"), ("max_rel_err", "max rel err"), ("n_bad", "samples over tol"),
+              ("x_cpu", "× memgeo (CPU)"), ("x_rounds", "× memgeo per paired round, wall / CPU"),
+              ("max_rel_err", "max rel err"), ("n_bad", "samples over tol"),
               ("ok", f"≤ {args.rel:g}")],
         "b": [("threads", "threads"), ("k", "probes k"), ("forward_ms", "1 forward ms"), ("flipd_ms", "FLIPD ms"),
               ("x_1pk_fwd", "× (1+k) forwards"), ("x_1pk_fwd_cpu", "× (1+k) forwards, CPU"),

@@ -17,6 +17,7 @@ vectors per sample at once, (P, B, D), in one ``vmap``-ed pass over the shared g
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,6 +27,7 @@ from torch.func import jacfwd, jacrev, jvp, linearize, vjp, vmap
 from memgeo.errors import MemgeoError, check_choice, check_finite
 from memgeo.models.base import DiffusionModel, as_time
 
+_COUNT_LOCK = threading.Lock()  # sub-batch operators may run in parallel threads (lanczos_extreme workers)
 Mode = Literal["jvp", "vjp", "linearize"]
 MODES = ("jvp", "vjp", "linearize")
 
@@ -220,11 +222,12 @@ class ScoreJacobianOperator:
 
     def _count(self, matvecs: int = 0, forwards: int = 0) -> None:
         """Add to this operator's counters and to those of the operator it was restricted from."""
-        op: ScoreJacobianOperator | None = self
-        while op is not None:
-            op.n_matvecs += matvecs
-            op.n_forwards += forwards
-            op = op._parent
+        with _COUNT_LOCK:
+            op: ScoreJacobianOperator | None = self
+            while op is not None:
+                op.n_matvecs += matvecs
+                op.n_forwards += forwards
+                op = op._parent
 
     def sub(self, idx: torch.Tensor) -> "ScoreJacobianOperator":
         """The operator of the sub-batch ``x[idx]`` (with ``t[idx]``, ``cond[idx]``), same mode and caching.

@@ -152,7 +152,7 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
                        sigma: float | None = None, cond: torch.Tensor | None = None, at: str = "scaled",
                        chunk_size: int = 32, flat_threshold: float = FLAT_THRESHOLD, k: int | None = None,
                        which: str = "smallest", method: str = "auto", tol: float = 1e-4, n_iter: int = 300,
-                       seed: int = 0) -> SharpnessResult:
+                       seed: int = 0, workers: int = 1) -> SharpnessResult:
     """Hessian spectrum of log p_t at each point (all of it, or the k extreme eigenvalues), in units of sigma_t^2.
 
     Parameters
@@ -179,6 +179,10 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
         Lanczos only: eigenvalue error bound relative to the spectral radius (``bound="gap"`` of
         :func:`memgeo.geometry.linalg.lanczos_extreme`), maximum Krylov dimension, start-vector seed.
         Samples leave the Lanczos batch as they converge (``restrict=ScoreJacobianOperator.restrict``).
+    workers : int
+        Lanczos only: sub-batches run in parallel CPU threads (``workers`` of
+        :func:`~memgeo.geometry.linalg.lanczos_extreme`); e.g. ``torch.get_num_threads()`` on a
+        multi-core CPU. Default 1.
 
     Returns
     -------
@@ -203,7 +207,7 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
         with ScoreJacobianOperator(model, xf, tvec, cond, mode="vjp") as op:
             res = lanczos_extreme(op.sym_matvec, b, d, k=k, n_iter=min(n_iter, d), which=which, tol=tol,
                                   generator=gen, dtype=xf.dtype, device=xf.device, bound="gap",
-                                  restrict=op.restrict)  # converged samples leave the batch
+                                  restrict=op.restrict, workers=workers)  # converged samples leave the batch
         evals = res.eigenvalues * (sig**2)[:, None].to(res.eigenvalues.dtype)
         nan = torch.full((b,), float("nan"), dtype=evals.dtype, device=evals.device)
         return SharpnessResult(t=tvec, sigma=sig, eigenvalues_sigma2=evals, asymmetry=nan,
