@@ -424,3 +424,70 @@ def test_restricted_lanczos_both_ends_and_tol_zero_run_to_the_end():
     zero = lanczos_extreme(dense_matvec(a), 4, 80, k=2, n_iter=30, which="both", tol=0, dtype=F64,
                            generator=torch.Generator().manual_seed(1), restrict=restrict)
     assert zero.n_matvecs == 30 and bool((zero.n_steps == 30).all()) and zero.sample_matvecs == 4 * 30
+
+
+@pytest.mark.parametrize("workers", [2, 3, 10])
+def test_lanczos_workers_split_the_batch_and_give_the_one_batch_result(workers):
+    """workers=T runs T sub-batches in threads: per-sample results equal the one-batch run (same start
+    vectors, products independent per sample), the vectors come back in batch order, and the
+    process-wide torch thread count is restored."""
+    a = _mixed_speed_batch()
+    b, d = a.shape[0], a.shape[1]
+    kw = dict(k=3, n_iter=d, which="smallest", tol=1e-8, dtype=F64, bound="gap", return_vectors=True)
+    one = lanczos_extreme(dense_matvec(a), b, d, generator=torch.Generator().manual_seed(0),
+                          restrict=lambda idx: dense_matvec(a[idx]), **kw)
+    threads = torch.get_num_threads()
+    seen: list[list[int]] = []
+
+    def restrict(idx):
+        seen.append(idx.tolist())
+        return dense_matvec(a[idx])
+
+    split = lanczos_extreme(dense_matvec(a), b, d, generator=torch.Generator().manual_seed(0), restrict=restrict,
+                            workers=workers, **kw)
+    assert torch.get_num_threads() == threads
+    ref = torch.linalg.eigvalsh(a)[:, :3]
+    assert float(((split.eigenvalues - ref).abs() / ref.abs().amax(1, keepdim=True)).max()) < 1e-7
+    torch.testing.assert_close(split.eigenvalues, one.eigenvalues, atol=1e-10, rtol=0)
+    assert torch.equal(split.n_steps, one.n_steps)
+    # Ritz vectors in batch order: A y = theta y up to the residual bound, per sample
+    av = torch.einsum("bij,bjk->bik", a, split.eigenvectors)
+    resid = (av - split.eigenvectors * split.eigenvalues[:, None, :]).norm(dim=1)
+    assert float((resid - split.residual_bounds).abs().max()) < 1e-8
+    # every operator asked for lies within one contiguous sub-batch, and the sub-batches cover the batch
+    chunks = [set(c.tolist()) for c in torch.arange(b).tensor_split(min(workers, b))]
+    assert all(any(set(s) <= c for c in chunks) for s in seen)
+    assert set(i for s in seen for i in s) == set(range(b))
+    assert split.sample_matvecs >= int(split.n_steps.sum())
+
+
+def test_lanczos_workers_need_restrict():
+    a = _mixed_speed_batch(batch=2, dim=20)
+    with pytest.raises(MemgeoError, match="workers=2 needs restrict"):
+        lanczos_extreme(dense_matvec(a), 2, 20, k=2, workers=2)
+    with pytest.raises(MemgeoError):
+        lanczos_extreme(dense_matvec(a), 2, 20, k=2, workers=0)
+
+
+@pytest.mark.parametrize("which", ["smallest", "largest", "both"])
+def test_ritz_ends_against_a_dense_eigendecomposition(which):
+    """The check's Ritz pairs: values, |beta_j s_last| residual bounds, gaps to the neighbours and the
+    radius equal a dense eigh of T, including a sample with a restart (a zero coupling)."""
+    import memgeo.geometry.linalg as L
+
+    g = torch.Generator().manual_seed(5)
+    b, j, k = 5, 70, 4
+    alpha = torch.randn(b, j, generator=g, dtype=F64)
+    beta = torch.rand(b, j, generator=g, dtype=F64) + 0.1
+    beta[2, 30] = 0.0  # a restart: block-diagonal T
+    ends = L._ritz_ends(alpha, beta, which, k)
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+    ev, vec = torch.linalg.eigh(t)
+    idx = {"smallest": list(range(k)), "largest": list(range(j - k, j)),
+           "both": list(range(k)) + list(range(j - k, j))}[which]
+    torch.testing.assert_close(ends.theta, ev[:, idx], atol=1e-10, rtol=0)
+    torch.testing.assert_close(ends.res, (beta[:, -1:] * vec[:, -1, idx]).abs(), atol=1e-10, rtol=0)
+    gaps = torch.stack([torch.stack([min((ev[s, i] - ev[s, i2]).abs() for i2 in range(j) if i2 != i)
+                                     for i in idx]) for s in range(b)])
+    torch.testing.assert_close(ends.gap, gaps, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ends.radius[:, 0], ev.abs().amax(1), atol=1e-10, rtol=0)
