@@ -211,21 +211,32 @@ class Jeon(PromptScore):
 
     def _one_step(self, model: DiffusionModel, cond: torch.Tensor, x: torch.Tensor, t: float
                   ) -> tuple[torch.Tensor, bool]:
+        """(||(H_c - H_u) d_s|| per row, whether forward mode fell back to the double VJP).
+
+        Reverse-mode products (``jeon_vjp``, ``mode="vjp"``) take s_c and s_u from the operator's own
+        cached forward (:meth:`ScoreJacobianOperator.score`): one forward of the stacked rows in all.
+        Forward mode needs d_s before its J v, which recomputes the primal: two forwards.
+        """
         r = x.shape[0]
         xx, cc = _stack_cond_null(model, x, cond)
+        if self.transpose or self.mode == "vjp":
+            with ScoreJacobianOperator(model, xx, t, cc, mode="vjp") as op:
+                s_c, s_u = op.score().chunk(2)
+                d_s = s_c - s_u
+                v = torch.cat([d_s, d_s])
+                prod = op.rmatvec(v) if self.transpose else op.matvec(v)
+            h_c, h_u = prod.chunk(2)
+            return (h_c - h_u).norm(dim=1), False
         with torch.no_grad():
             s_c, s_u = flat_score_fn(model, t, cc)(xx.reshape(2 * r, -1)).chunk(2)
         d_s = s_c - s_u
         v = torch.cat([d_s, d_s])
         fell_back = False
-        if self.transpose:
-            prod = ScoreJacobianOperator(model, xx, t, cc).rmatvec(v)
-        else:
-            try:
-                prod = ScoreJacobianOperator(model, xx, t, cc, mode=self.mode).matvec(v)
-            except (RuntimeError, NotImplementedError):  # forward-mode AD unsupported by some layer
-                prod = ScoreJacobianOperator(model, xx, t, cc, mode="vjp").matvec(v)
-                fell_back = True
+        try:
+            prod = ScoreJacobianOperator(model, xx, t, cc, mode=self.mode).matvec(v)
+        except (RuntimeError, NotImplementedError):  # forward-mode AD unsupported by some layer
+            prod = ScoreJacobianOperator(model, xx, t, cc, mode="vjp").matvec(v)
+            fell_back = True
         h_c, h_u = prod.chunk(2)
         return (h_c - h_u).norm(dim=1), fell_back
 
@@ -248,7 +259,8 @@ class Jeon(PromptScore):
             fell_back |= fb
         r, k = x.shape[0], len(points)
         double = (not self.transpose) and (self.mode == "vjp" or fell_back)
-        cost = RowCost(forward=2 * (k - 1) + 4 * k, derivative=(4 if double else 2) * k)
+        shared = self.transpose or self.mode == "vjp"  # s_c, s_u from the operator's own forward
+        cost = RowCost(forward=2 * (k - 1) + (2 if shared else 4) * k, derivative=(4 if double else 2) * k)
         extra = {"vjp_fallback": torch.full((r,), float(fell_back))} if not self.transpose else {}
         return torch.stack(values).mean(0), extra, cost
 
