@@ -6,6 +6,8 @@
   moved by 0.1 x the median train nearest-neighbour distance in a uniformly random direction) and a
   ``copy_fraction`` that mixes copies into fresh draws; ``components`` restricts a fresh generator to
   some mixture components (mode dropping).
+- :func:`brute_knn`: the reference kNN of the neighbour-search tests (all pairwise normalized
+  distances in float64, ties by index).
 - :func:`moons_triple`: sklearn's two moons (noise 0.2) with a KDE generator of bandwidth sigma
   (a uniformly chosen training point + N(0, sigma^2 I)).
 
@@ -22,6 +24,15 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 GENERATORS = ("fresh", "copies", "noisy_copies")
+
+
+def brute_knn(q: np.ndarray, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference kNN: all pairwise normalized distances in float64 from the differences, stable sort (ties by index)."""
+    q = q.reshape(len(q), -1).astype(np.float64)
+    r = r.reshape(len(r), -1).astype(np.float64)
+    d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, axis=1), idx
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from copy_metric_fixtures import brute_knn
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
@@ -32,15 +33,6 @@ from memgeo.memorization import (
     typical_spacing,
     unique_rows,
 )
-
-
-def brute_knn(q: np.ndarray, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference kNN: all pairwise normalized distances in float64, stable sort (ties by index)."""
-    q = q.reshape(len(q), -1).astype(np.float64)
-    r = r.reshape(len(r), -1).astype(np.float64)
-    d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
-    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(d, idx, axis=1), idx
 
 
 # --------------------------------------------------------------------------- neighbours

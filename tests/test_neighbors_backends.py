@@ -7,21 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from copy_metric_fixtures import brute_knn
 
 from memgeo.data import neighbors as nb
 from memgeo.data.neighbors import NeighborIndex, approximate_recall, nearest_neighbors
 from memgeo.errors import MemgeoError
 
 faiss = pytest.importorskip("faiss")
-
-
-def brute_knn(q: np.ndarray, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairwise normalized distances in float64 from the differences, stable sort (ties by index)."""
-    q = q.reshape(len(q), -1).astype(np.float64)
-    r = r.reshape(len(r), -1).astype(np.float64)
-    d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
-    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(d, idx, axis=1), idx
 
 
 def tied_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
