@@ -76,6 +76,12 @@ def clock(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, 
     return min(walls), min(cpus), out
 
 
+def per_sample_min(passes: list[list[tuple[float, float]]]) -> tuple[float, float]:
+    """(wall, CPU) seconds summed over samples, each sample's minimum over the passes of a per-sample loop."""
+    n = len(passes[0])
+    return (sum(min(p[i][0] for p in passes) for i in range(n)), sum(min(p[i][1] for p in passes) for i in range(n)))
+
+
 def build_mlp(seed: int) -> MLPEps:
     torch.manual_seed(seed)
     return MLPEps(MLPConfig(data_shape=(1, 28, 28), hidden=512, depth=3, num_classes=NUM_CLASSES)).eval() \
@@ -214,8 +220,7 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
     rows.append(memgeo_row(headline, mem_wall * b, mem_cpu * b, res))
     paired = [sum(p[0] for p in ps) / mr[0] for ps, mr in zip(sci_passes, mem_rounds)]
     paired_cpu = [sum(p[1] for p in ps) / mr[1] for ps, mr in zip(sci_passes, mem_rounds)]
-    wall = sum(min(ps[i][0] for ps in sci_passes) for i in range(b))  # each sample's minimum over the passes
-    cpu = sum(min(ps[i][1] for ps in sci_passes) for i in range(b))
+    wall, cpu = per_sample_min(sci_passes)
     err = max(rel_err(found[i], ref[i]) for i in range(b))
     rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, cached vjp operator", "samples": b,
                  "matvecs": f"{total / b:.0f} / sample", "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b,
@@ -251,8 +256,7 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
         for _ in range(args.eig_repeats):
             passes.append([])
             found, total = scipy_run(n, False, tol, passes[-1])
-        wall = sum(min(p[i][0] for p in passes) for i in range(n))
-        cpu = sum(min(p[i][1] for p in passes) for i in range(n))
+        wall, cpu = per_sample_min(passes)
         err = max(rel_err(found[i], ref[i]) for i in range(n))
         rows.append({**base, "method": f"scipy eigsh (ARPACK) per sample, tol={tol:g}, today's uncached operator",
                      "samples": n, "matvecs": f"{total / n:.0f} / sample", "wall_ms": 1e3 * wall / n,
@@ -288,8 +292,7 @@ def section_a(model, x, c, args, threads: int) -> list[dict]:
     for _ in range(args.eig_repeats):
         passes.append([])
         found = he_run(b, iters, passes[-1])
-    wall = sum(min(p[i][0] for p in passes) for i in range(b))
-    cpu = sum(min(p[i][1] for p in passes) for i in range(b))
+    wall, cpu = per_sample_min(passes)
     err = max(rel_err(found[i], ref[i]) for i in range(b))
     rows.append({**base, "method": f"hessian-eigenthings lanczos per sample, max_iter={iters} (cached vjp operator)",
                  "samples": b, "matvecs": f"{iters} / sample", "wall_ms": 1e3 * wall / b, "cpu_ms": 1e3 * cpu / b,

@@ -516,7 +516,7 @@ def _lanczos_workers(restrict: Callable[[torch.Tensor], Matvec], q0: torch.Tenso
                      generator: torch.Generator | None, which: str, k: int, tol: float, bound: str, check_every: int,
                      first_check: int, return_vectors: bool, workers: int, dtype: torch.dtype) -> LanczosResult:
     """:func:`_lanczos_active` on ``workers`` contiguous sub-batches in parallel threads, one intra-op thread each."""
-    chunks = [c for c in torch.arange(q0.shape[0]).tensor_split(workers) if c.numel()]
+    chunks = torch.arange(q0.shape[0]).tensor_split(workers)  # none empty: the caller caps workers at B
     # One restart generator per sub-batch, seeded from the caller's: results do not depend on thread timing.
     seeds = torch.randint(0, 2**62, (len(chunks),), generator=generator).tolist() if generator is not None \
         else [None] * len(chunks)

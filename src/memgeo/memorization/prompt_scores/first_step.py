@@ -219,24 +219,23 @@ class Jeon(PromptScore):
         """
         r = x.shape[0]
         xx, cc = _stack_cond_null(model, x, cond)
+        fell_back = False
         if self.transpose or self.mode == "vjp":
             with ScoreJacobianOperator(model, xx, t, cc, mode="vjp") as op:
                 s_c, s_u = op.score().chunk(2)
                 d_s = s_c - s_u
                 v = torch.cat([d_s, d_s])
                 prod = op.rmatvec(v) if self.transpose else op.matvec(v)
-            h_c, h_u = prod.chunk(2)
-            return (h_c - h_u).norm(dim=1), False
-        with torch.no_grad():
-            s_c, s_u = flat_score_fn(model, t, cc)(xx.reshape(2 * r, -1)).chunk(2)
-        d_s = s_c - s_u
-        v = torch.cat([d_s, d_s])
-        fell_back = False
-        try:
-            prod = ScoreJacobianOperator(model, xx, t, cc, mode=self.mode).matvec(v)
-        except (RuntimeError, NotImplementedError):  # forward-mode AD unsupported by some layer
-            prod = ScoreJacobianOperator(model, xx, t, cc, mode="vjp").matvec(v)
-            fell_back = True
+        else:
+            with torch.no_grad():
+                s_c, s_u = flat_score_fn(model, t, cc)(xx.reshape(2 * r, -1)).chunk(2)
+            d_s = s_c - s_u
+            v = torch.cat([d_s, d_s])
+            try:
+                prod = ScoreJacobianOperator(model, xx, t, cc, mode=self.mode).matvec(v)
+            except (RuntimeError, NotImplementedError):  # forward-mode AD unsupported by some layer
+                prod = ScoreJacobianOperator(model, xx, t, cc, mode="vjp").matvec(v)
+                fell_back = True
         h_c, h_u = prod.chunk(2)
         return (h_c - h_u).norm(dim=1), fell_back
 
