@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from memgeo.errors import MemgeoError
-from memgeo.workflows.items import parse_shard, read_shard_meta, scale_options, shard_path, split_units
+from memgeo.workflows.items import (ItemRow, columns_to_rows, parse_shard, read_shard_meta, rows_to_columns,
+                                    scale_options, shard_path, split_units)
 from prompt_toys import write_caption_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -66,6 +67,15 @@ def test_parse_shard_and_split():
     with pytest.raises(MemgeoError, match="only apply to --engine ray"):
         scale_options(workers=2)
     assert scale_options("1/2", "ray", workers=2).split
+
+
+def test_item_rows_keep_non_finite_values_through_the_shard_round_trip():
+    """An estimator may return +inf (MLE with tied neighbour distances) or NaN: the rows a shard or Ray
+    gives back must hold the same floats, not nulls that finalize cannot turn into a tensor."""
+    row = ItemRow("i000000", 0, {"lid": float("inf"), "low": -np.inf, "gap": np.float32("nan"), "v": [1.5, np.inf]})
+    for back in (row.normalized(), columns_to_rows(rows_to_columns([row]))[0]):
+        assert back.data["lid"] == float("inf") and back.data["low"] == float("-inf")
+        assert np.isnan(back.data["gap"]) and back.data["v"] == [1.5, float("inf")]
 
 
 def test_detect_shards_merge_to_the_plain_run(run_cli, assets, tmp_path):

@@ -163,18 +163,24 @@ def native_order(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _to_jsonable(obj: Any) -> Any:
+def _to_jsonable(obj: Any, finite: bool = True) -> Any:
+    """``obj`` with numpy / torch values, paths and pydantic models turned into JSON types.
+
+    ``finite=True`` (output files): NaN and +-inf become ``None`` (JSON null). ``finite=False`` keeps
+    them as floats, which ``json.dumps`` writes as ``NaN`` / ``Infinity`` and ``json.loads`` reads back
+    (an internal round trip, e.g. work-item rows, must not turn an infinite value into a null).
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): _to_jsonable(v, finite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [_to_jsonable(v, finite) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _to_jsonable(obj.tolist())
+        return _to_jsonable(obj.tolist(), finite)
     if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor without importing torch
-        return _to_jsonable(obj.detach().cpu().tolist())
+        return _to_jsonable(obj.detach().cpu().tolist(), finite)
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
-        return f if np.isfinite(f) else None
+        return f if np.isfinite(f) or not finite else None
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.bool_,)):
@@ -182,7 +188,7 @@ def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "model_dump"):  # pydantic models
-        return _to_jsonable(obj.model_dump(mode="json"))
+        return _to_jsonable(obj.model_dump(mode="json"), finite)
     return obj
 
 

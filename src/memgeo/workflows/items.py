@@ -77,8 +77,8 @@ class ItemRow:
 
     def normalized(self) -> "ItemRow":
         """The row after a JSON round trip of ``data`` (what a Parquet shard gives back), so rows of every
-        engine compare equal; floats survive it exactly."""
-        return ItemRow(self.id, int(self.index), json.loads(json.dumps(_to_jsonable(self.data))),
+        engine compare equal; floats survive it exactly, NaN and +-inf included."""
+        return ItemRow(self.id, int(self.index), json.loads(json.dumps(_to_jsonable(self.data, finite=False))),
                        None if self.array is None else np.ascontiguousarray(self.array))
 
 
@@ -294,7 +294,7 @@ def rows_to_columns(rows: Iterable[ItemRow]) -> dict[str, list[Any]]:
     for r in rows:
         cols["id"].append(r.id)
         cols["index"].append(int(r.index))
-        cols["data"].append(json.dumps(_to_jsonable(r.data)))
+        cols["data"].append(json.dumps(_to_jsonable(r.data, finite=False)))
         cols["array"].append(_array_bytes(r.array))
     return cols
 
