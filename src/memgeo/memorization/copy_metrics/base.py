@@ -36,8 +36,6 @@ metrics are computed.
 
 from __future__ import annotations
 
-import inspect
-import math
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -56,32 +54,13 @@ from memgeo.data.neighbors import (
     nearest_neighbors,
     unique_inverse,
 )
-from memgeo.errors import MemgeoError, Registry, check_scalar
+from memgeo.errors import MemgeoError, Registry, check_choice, check_scalar
+from memgeo.io import _to_jsonable
 
 #: The three sets a :class:`CopyData` holds.
 SETS = ("train", "test", "gen")
 #: Distance spaces of :meth:`CopyData.knn`.
 SPACES = ("l2", "cosine")
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays become Python numbers/lists, NaN/inf become ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +126,7 @@ class MetricResult:
             out["n_samples"] = int(self.flagged.shape[0])
             out["n_flagged"] = self.n_flagged
         out.update({k: v for k, v in self.extra.items() if k not in out})
-        return _jsonable(out)
+        return _to_jsonable(out)
 
 
 class CopyData:
@@ -279,7 +258,7 @@ class CopyData:
 
     def points(self, which: str) -> torch.Tensor:
         """The (n, D) float32 tensor of ``"train"``, ``"test"`` or ``"gen"``."""
-        _check_set(which)
+        check_choice(which, SETS, "set")
         return {"train": self.train, "test": self.test, "gen": self.gen}[which]
 
     def rng(self, purpose: str) -> np.random.Generator:
@@ -318,10 +297,9 @@ class CopyData:
             Ascending along each row.
         indices : numpy.ndarray, shape (n_query, k), int64
         """
-        _check_set(query)
-        _check_set(ref)
-        if space not in SPACES:
-            raise MemgeoError(f"unknown distance space {space!r}", f"choose one of: {', '.join(SPACES)}")
+        check_choice(query, SETS, "set")
+        check_choice(ref, SETS, "set")
+        check_choice(space, SPACES, "distance space")
         if exclude_self is None:
             exclude_self = query == ref
         n_ref = (self.n_train_unique if ref == "train" else len(self.points(ref))) - int(bool(exclude_self))
@@ -387,8 +365,7 @@ class CopyData:
         indices : numpy.ndarray, shape (n, k), int64
             Into ``train`` (first occurrences of the distinct rows).
         """
-        if space not in SPACES:
-            raise MemgeoError(f"unknown distance space {space!r}", f"choose one of: {', '.join(SPACES)}")
+        check_choice(space, SPACES, "distance space")
         n_u = self.n_train_unique
         k = check_scalar(k, "k", min=1, max=max(n_u - 1, 1), fix=f"ask for at most {n_u - 1} neighbours")
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -470,7 +447,7 @@ class CopyData:
         if ref == "train":
             d, i = self._train_index(space).search(q, k_ask)
         else:
-            d, i = _nearest(q, r, k_ask, self.chunk_size, self.backend)
+            d, i = nearest_neighbors(q, r, k=k_ask, chunk_size=self.chunk_size, backend=self.backend)
         d, i = d.cpu().numpy(), i.cpu().numpy()
         if exclude_self:
             d, i = _drop_self(d, i, k)
@@ -534,11 +511,6 @@ class CopyData:
         return view
 
 
-def _check_set(which: str) -> None:
-    if which not in SETS:
-        raise MemgeoError(f"unknown set {which!r}", f"choose one of: {', '.join(SETS)}")
-
-
 def _check_image_shape(image_shape: Sequence[int] | None, dim: int) -> tuple[int, ...] | None:
     if image_shape is None:
         return None
@@ -551,16 +523,6 @@ def _check_image_shape(image_shape: Sequence[int] | None, dim: int) -> tuple[int
         raise MemgeoError(f"image_shape={shape} does not describe samples of dimension {dim}",
                           f"pass (H, W) or (C, H, W) with product {dim}")
     return shape
-
-
-def _nearest(q: torch.Tensor, r: torch.Tensor, k: int, chunk_size: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`nearest_neighbors`, passing ``backend`` through when it takes one."""
-    if "backend" in inspect.signature(nearest_neighbors).parameters:
-        return nearest_neighbors(q, r, k=k, chunk_size=chunk_size, backend=backend)  # type: ignore[call-arg]
-    if backend != "auto":
-        raise MemgeoError(f"kNN backend {backend!r} is not available in this version",
-                          'pass backend="auto" (exact torch search)')
-    return nearest_neighbors(q, r, k=k, chunk_size=chunk_size)
 
 
 def _drop_self(d: np.ndarray, i: np.ndarray, k: int, own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

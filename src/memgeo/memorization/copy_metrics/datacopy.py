@@ -40,8 +40,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from memgeo.data.neighbors import nearest_neighbors
 from memgeo.errors import MemgeoError, check_scalar
-from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult, _nearest, rate_result
+from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult, rate_result
 
 
 def levina_bickel_dimension(knn_distances: np.ndarray) -> float:
@@ -135,7 +136,8 @@ class DataCopyRateMetric(CopyMetric):
         """Largest qualifying ball radius per distinct training point from generations ``t_rows`` (-1: none)."""
         n, m = data.n_train_unique, t_rows.shape[0]
         k = min(self.k_max, m)
-        d, _ = _nearest(data.train_unique, data.gen[torch.from_numpy(t_rows)], k, data.chunk_size, data.backend)
+        d, _ = nearest_neighbors(data.train_unique, data.gen[torch.from_numpy(t_rows)], k=k, chunk_size=data.chunk_size,
+                                 backend=data.backend)
         d = d.cpu().numpy()
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             ratio = np.where(r_b[:, None] > 0, d / np.where(r_b[:, None] > 0, r_b[:, None], 1.0), np.inf)

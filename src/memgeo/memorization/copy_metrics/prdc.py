@@ -37,8 +37,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from memgeo.errors import MemgeoError, check_scalar
-from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult, _drop_self, _nearest
+from memgeo.data.neighbors import nearest_neighbors
+from memgeo.errors import MemgeoError, check_choice, check_scalar
+from memgeo.memorization.copy_metrics.base import COPY_METRICS, CopyData, CopyMetric, MetricResult, _drop_self
 
 #: Relative tolerance of "inside the ball" (d <= r (1 + _RADIUS_RTOL)).
 _RADIUS_RTOL = 1e-9
@@ -119,8 +120,7 @@ class _PRDCMetric(CopyMetric):
     def __init__(self, k: int = 5, reference: str = "train", budget_mb: float = 64.0,
                  max_train: int | None = 10_000) -> None:
         self.k = check_scalar(k, "k", min=1, fix="pass k as a neighbour rank, e.g. k=5")
-        if reference not in REFERENCES:
-            raise MemgeoError(f"unknown reference set {reference!r}", f"choose one of: {', '.join(REFERENCES)}")
+        check_choice(reference, REFERENCES, "reference set")
         self.reference = reference
         self.budget_mb = check_scalar(budget_mb, "budget_mb", float, min=0, include_min=False,
                                       fix="pass a memory budget in MiB, e.g. budget_mb=64")
@@ -132,10 +132,9 @@ class _PRDCMetric(CopyMetric):
     def shared(self, data: CopyData) -> dict[str, Any]:
         """The cached pass for ``(k, reference)`` on ``data``: counts, values and the real-set size."""
         k = self.k
-        subsampled = False
 
         def compute() -> dict[str, Any]:
-            nonlocal subsampled
+            subsampled = False
             if self.reference == "train":
                 n_real = data.n_train_unique
                 if self.max_train is not None and self.max_train < n_real:
@@ -194,7 +193,7 @@ def _subsample_radius(data: CopyData, k: int, size: int) -> tuple[torch.Tensor, 
     if key not in data._train_store:
         rows = data.train_subsample(size, "prdc")
         real = data.train_unique[torch.from_numpy(rows)].contiguous()
-        d, i = _nearest(real, real, k + 1, data.chunk_size, data.backend)
+        d, i = nearest_neighbors(real, real, k=k + 1, chunk_size=data.chunk_size, backend=data.backend)
         d, _ = _drop_self(d.cpu().numpy(), i.cpu().numpy(), k)
         data._train_store[key] = (real, d[:, k - 1].copy())
     return data._train_store[key]
