@@ -41,7 +41,6 @@ report. A plain run is the same prepare / units / finalize in one process.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass
@@ -336,14 +335,6 @@ def prepare_copies(cfg: CopiesConfig) -> Plan:
     return Plan(cfg, units_of(items, UNIT_SIZE), state, seed=cfg.seed)
 
 
-def _gen_rows(data: CopyData, rows: np.ndarray) -> CopyData:
-    """``data`` with only the given generated rows (training set, de-duplication and settings shared; own cache)."""
-    view = copy.copy(data)
-    view.gen = data.gen[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
-    view._cache = {}  # searches of the full generated set must not answer for this subset
-    return view
-
-
 def score_copies(plan: Plan, unit: list[Item]) -> list[ItemRow]:
     """The searches of one unit of generated samples against the distinct training samples.
 
@@ -354,7 +345,7 @@ def score_copies(plan: Plan, unit: list[Item]) -> list[ItemRow]:
     """
     st: _CopiesState = plan.payload
     t = time.perf_counter()
-    view = _gen_rows(st.data, np.array([it.index for it in unit]))
+    view = st.data.with_gen_rows(np.array([it.index for it in unit]))
     parts = list(view.gen_train_nn(st.k_pre))
     if st.cosine:
         parts += list(view.gen_train_nn(1, space="cosine"))

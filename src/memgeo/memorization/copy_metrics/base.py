@@ -36,6 +36,7 @@ metrics are computed.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -227,6 +228,7 @@ class CopyData:
         self.train_inverse = inverse
         self.train_first = first
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self._baselines: dict[bool, CopyData] = {}  # the baseline views, made once (see baseline)
         # Searches that depend on the training set alone, shared with the baseline views: the neighbour
         # index over the distinct rows (per space) and the per-row nearest-other-row results.
         self._train_store: dict[Any, Any] = {}
@@ -494,6 +496,8 @@ class CopyData:
         CopyData
             Shares this data's training set and its cached searches against it.
         """
+        if split in self._baselines:  # one view per split: the metrics share its cached searches
+            return self._baselines[split]
         if split:
             perm = self.rng("baseline/split").permutation(self.n_test)
             h = (self.n_test + 1) // 2
@@ -502,12 +506,25 @@ class CopyData:
             every = np.arange(self.n_test)
             rows = {"gen": ("test", every), "test": ("test", every)}
         view = object.__new__(CopyData)
-        view.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_cache", "_rows", "_parent")})
+        view.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k not in ("_cache", "_rows", "_parent", "_baselines")})
         view.gen = self.test[torch.from_numpy(rows["gen"][1])]
         view.test = self.test[torch.from_numpy(rows["test"][1])]
         view._cache = {}
+        view._baselines = {}
         view._parent = self
         view._rows = rows
+        self._baselines[split] = view
+        return view
+
+    def with_gen_rows(self, rows: np.ndarray) -> CopyData:
+        """This data with only the generated rows ``rows``: training set, de-duplication, settings and the
+        training-set searches shared; its own cache (searches of the full generated set must not answer
+        for the subset) and baseline views."""
+        view = copy.copy(self)
+        view.gen = self.gen[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+        view._cache = {}
+        view._baselines = {}
         return view
 
 
