@@ -344,8 +344,11 @@ class NeighborIndex:
         """The exact backend ``"auto"`` resolves to for data of dtype ``work`` (``self.backend`` otherwise)."""
         if self.backend != "auto":
             return self.backend
-        use_faiss = work == torch.float32 and self.device.type == "cpu" and faiss_available()
-        return "faiss" if use_faiss else "torch"
+        return "faiss" if self._auto_faiss(work) else "torch"
+
+    def _auto_faiss(self, work: torch.dtype) -> bool:
+        """The ``"auto"`` rule: exact faiss for float32 data on the CPU when faiss is installed."""
+        return work == torch.float32 and self.device.type == "cpu" and faiss_available()
 
     # --- reading the reference ----------------------------------------------------------------------
     def _block(self, start: int, stop: int, work: torch.dtype) -> torch.Tensor:
@@ -524,8 +527,7 @@ class NeighborIndex:
             short.extend((s + np.flatnonzero(valid.sum(axis=1) < k)).tolist())
         if short:  # the index returned fewer than k points (IVF with too few cells visited): search exactly
             rows_idx = torch.tensor(short, dtype=torch.int64)
-            use_faiss = work == torch.float32 and self.device.type == "cpu" and faiss_available()
-            d_x, i_x = self._search_exact(q[rows_idx], k, work, use_faiss)
+            d_x, i_x = self._search_exact(q[rows_idx], k, work, self._auto_faiss(work))
             out_d[rows_idx.to(dev)], out_i[rows_idx.to(dev)] = d_x, i_x
         return out_d, out_i
 
@@ -812,11 +814,9 @@ def unique_inverse(x: ArrayLike) -> np.ndarray:
                     label[rows[sub == v]] = next_label
                     next_label += 1
     # Renumber the groups by first appearance.
-    first = first_occurrence(label)
-    present = first < n
-    rank = np.full(first.size, -1, dtype=np.int64)
-    by_first = np.flatnonzero(present)[np.argsort(first[present], kind="stable")]
-    rank[by_first] = np.arange(by_first.size)
+    first = first_occurrence(label)  # every label 0..max is used, so every group has a first row
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
     return rank[label]
 
 

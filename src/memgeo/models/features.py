@@ -35,7 +35,6 @@ new key. A cache file that cannot be read is recomputed and overwritten.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -49,7 +48,7 @@ import torch
 from torch import nn
 
 from memgeo.errors import MemgeoError, Registry, check_scalar
-from memgeo.io import atomic_write_bytes, make_folder
+from memgeo.io import atomic_write_bytes, write_npy
 
 __all__ = ["CACHE_ENV", "FEATURE_EXTRACTORS", "AutoencoderFeatures", "FeatureExtractor", "PixelFeatures",
            "TorchModelFeatures", "extract_features", "feature_cache_dir", "get_extractor"]
@@ -502,8 +501,5 @@ def extract_features(x: Any, extractor: str | os.PathLike[str] | FeatureExtracto
         except (ValueError, OSError, EOFError):
             pass  # unreadable: recompute and overwrite
     feats = ext(x)
-    make_folder(path.parent)
-    buf = io.BytesIO()
-    np.save(buf, feats, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    write_npy(path, feats)
     return feats

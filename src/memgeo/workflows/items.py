@@ -317,7 +317,6 @@ def write_shard(path: Path, command: ItemCommand, plan: Plan, rows: list[ItemRow
         {META_PREFIX + k.encode(): v.encode() for k, v in meta.items()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    make_folder(path.parent)
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 

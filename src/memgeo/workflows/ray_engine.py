@@ -63,12 +63,9 @@ class ScoringActor:
             else:
                 os._exit(1)  # a lost worker, once
         rows: list[ItemRow] = []
-        units: list[int] = []
         for k in batch["unit"].tolist():
-            fresh = self.command.score_batch(self.plan, self.plan.units[int(k)])
-            rows.extend(fresh)
-            units.extend([int(k)] * len(fresh))
-        return {"unit": units, **rows_to_columns(rows)}
+            rows.extend(self.command.score_batch(self.plan, self.plan.units[int(k)]))
+        return rows_to_columns(rows)
 
 
 def _init(scale: ScaleOptions) -> tuple[Any, bool]:
