@@ -224,3 +224,17 @@ def test_dense_jacobian_and_flipd_fall_back_where_vmap_is_refused(net):
         a = get_prompt_score(name).compute(strict, cond, x[:, None], sampling=settings).values
         b = get_prompt_score(name).compute(net, cond, x[:, None], sampling=settings).values
         torch.testing.assert_close(a, b)
+
+
+def test_denoise_pair_takes_a_per_row_time(net):
+    """denoise_pair stacks the cond and null rows; a (B,) time is stacked with them: row i at its own t_i
+    equals a call with the scalar t_i."""
+    from memgeo.models.base import denoise_pair
+
+    cond = net.encode(["a photo of cat", "dog"])
+    x = torch.randn(2, *net.data_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    per_row = denoise_pair(net, x, torch.tensor([0.3, 0.6]), cond)
+    for i, t in enumerate((0.3, 0.6)):
+        alone = denoise_pair(net, x[i:i + 1], t, cond[i:i + 1])
+        for a, b in zip(per_row, alone):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=1e-6, atol=1e-7)

@@ -169,7 +169,8 @@ def denoise_pair(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor | float
 
     The conditional and the null condition in one batch: 2 forward evaluations per row.
     """
-    e, x0 = model.denoise(torch.cat([x, x]), t, torch.cat([cond, model.null_cond(cond)]))
+    e, x0 = model.denoise(torch.cat([x, x]), torch.cat([as_time(t, x.shape[0], x)] * 2),
+                          torch.cat([cond, model.null_cond(cond)]))
     e_c, e_u = e.chunk(2)
     x0_c, x0_u = x0.chunk(2)
     return e_c, e_u, x0_c, x0_u

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from memgeo.errors import MemgeoError, Registry, check_choice
-from memgeo.models.base import DiffusionModel, as_time, denoise_pair, model_dtype
+from memgeo.models.base import DiffusionModel, as_time, model_dtype
 from memgeo.models.counting import CountingModel
 from memgeo.models.sampling import SamplingGrid, model_grid
 

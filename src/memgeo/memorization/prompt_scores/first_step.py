@@ -43,7 +43,6 @@ from memgeo.memorization.prompt_scores.base import (
     SamplingSettings,
     check_eps_readable,
     dense_score_jacobian,
-    denoise_pair,
     eps_pair,
     flat_norm,
     register_prompt_score,
@@ -51,7 +50,7 @@ from memgeo.memorization.prompt_scores.base import (
     sigma_at,
     to_native,
 )
-from memgeo.models.base import DiffusionModel, as_time, expand_like
+from memgeo.models.base import DiffusionModel, as_time, denoise_pair, expand_like
 from memgeo.models.sampling import sample
 
 
