@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Seed, Shard, Workers, app,
-                               load_config, scale_options, shard_line)
+                               emit_shard, load_config, scale_options)
 from memgeo.cli.output import Json, auroc_text, emit, num
 from memgeo.errors import MemgeoError
 
@@ -205,8 +205,8 @@ def sharpness(
                                                       labels=str(labels) if labels else None, at=at,
                                                       **_prompt_options(prompt, prompt_file)))
     summary = run_sharpness(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     emit(json_out, summary,
          f"sharpness of {summary['n_points']} points at t = {num(summary['t'])} (sigma = {num(summary['sigma'])}): "
          f"mean {num(summary['mean_sharpness'])}; on average {num(summary['mean_n_flat'], 3)} flat and "
@@ -261,8 +261,8 @@ def lid(
                                                 params={a: b for a, b in params.items() if b is not None}, cond=cond,
                                                 **_prompt_options(prompt, prompt_file)))
     summary = run_lid(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     line = f"LID ({summary['estimator']}) of {summary['n_points']} points: mean {num(summary['mean'], 3)}"
     if summary.get("t0_used") is not None:
         line += f" at t0 = {num(summary['t0_used'])}"
@@ -309,8 +309,8 @@ def audit(
         labels=str(labels) if labels else None, cond=cond, t0=t0, sharpness_t=sharpness_t, lid_data=lid_data,
         model_low=model_low, data_low=data_low, **_prompt_options(prompt, prompt_file)))
     summary = run_audit(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     emit(json_out, {k: v for k, v in summary.items() if k != "detection"}, _audit_lines(summary, out))
 
 

@@ -81,6 +81,17 @@ def shard_line(summary: dict[str, Any]) -> str | None:
             f"done, run `memgeo merge` on the --out folder(s)")
 
 
+def emit_shard(json_out: bool, summary: dict[str, Any]) -> bool:
+    """Print a shard run's line (:func:`shard_line`) and return True; False (nothing printed) for a whole run."""
+    line = shard_line(summary)
+    if line is None:
+        return False
+    from memgeo.cli.output import emit
+
+    emit(json_out, summary, line)
+    return True
+
+
 def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, Any]) -> BaseModel:
     """Config file (JSON) first, then the command-line options that were given."""
     base: dict[str, Any] = {}
@@ -109,4 +120,4 @@ def load_config(path: Path | None, cls: type[BaseModel], overrides: dict[str, An
 
 
 __all__ = ["Address", "Engine", "GpusPerWorker", "Out", "PanelCommand", "SCALE_PANEL", "Seed", "Shard", "Workers", "app",
-           "load_config", "scale_options", "shard_line"]
+           "emit_shard", "load_config", "scale_options", "shard_line"]

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
-                               scale_options, shard_line)
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, emit_shard,
+                               load_config, scale_options)
 from memgeo.cli.output import Json, emit, num
 
 SETS_HELP = ".npy file (N, ...) (memory-mapped) or a folder of PNG/JPEG images (converted to the training images' " \
@@ -83,8 +83,8 @@ def copies(
         if index_options is not None else None,
         "n_boot": n_boot, "max_pairs": max_pairs, "resample": resample, "seed": seed})
     summary = run_copies(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     emit(json_out, _short(summary, out), _lines(summary, out))
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
-                               scale_options, shard_line)
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, emit_shard,
+                               load_config, scale_options)
 from memgeo.cli.output import Json, auroc_text, emit, num
 
 
@@ -127,8 +127,7 @@ def detect(
     if attribution is not None:
         cfg = cfg.model_copy(update={"attribution_score": None if attribution.lower() == "none" else attribution})
     summary = run_detect(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
         return
     brief = {r["score"]: {k: r.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "evals_per_prompt")}
              for r in summary["table"]}

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
-                               scale_options, shard_line)
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, emit_shard,
+                               load_config, scale_options)
 from memgeo.cli.output import Json, emit
 
 
@@ -57,8 +57,8 @@ def kfold(
                                             "steps": steps, "rows": rows, "latent_dim": latent_dim, "iw": iw,
                                             "seed": seed})
     summary = run_kfold(cfg, out, scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     emit(json_out, _short(summary, out), list(summary["verdict"]) + [f"per point in {out / 'kfold.csv'}; report: "
                                                                      f"{out / 'report.html'}"])
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, load_config,
-                               scale_options, shard_line)
+from memgeo.cli.common import (Address, Engine, GpusPerWorker, Out, PanelCommand, Shard, Workers, app, emit_shard,
+                               load_config, scale_options)
 from memgeo.cli.output import Json, emit, num
 from memgeo.errors import MemgeoError
 
@@ -78,8 +78,8 @@ def mitigate(
         max_prompts=max_prompts, seed=seed, dtype=dtype))
     summary = run_mitigate(cfg, out, progress=progress,
                            scale=scale_options(shard, engine, address, workers, gpus_per_worker))
-    if shard_line(summary):
-        return emit(json_out, summary, shard_line(summary))
+    if emit_shard(json_out, summary):
+        return
     keys = ("method", "copy_rate_memorized", "accuracy_all", "nfe_per_generation")
     emit(json_out, [{k: row[k] for k in keys} for row in summary["table"]],
          [f"{summary['n_prompts']} prompts x {summary['generations']} generations per method:"]

@@ -408,9 +408,9 @@ def finalize_copies(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any
     d_gen, i_gen = data.gen_train_nn(1)
     d_test, _ = data.test_train_nn(1)
     nearest = (d_gen[:, 0], i_gen[:, 0])
-    table = _rows(results, gen, train, nearest)
     primary = next((n for n in ("d1d2", *names) if n in results and results[n].flagged is not None
                     and COPY_METRICS[n].kind == "local"), None)
+    table = _rows(results, gen, train, nearest, primary)
     inputs = {"train": _describe(train, cfg.train), "test": _describe(test, cfg.test),
               "gen": _describe(gen, cfg.gen)}
     features = {"extractor": cfg.features, "id": st.ext_id, "dim": data.dim, "options": cfg.feature_options,
@@ -443,11 +443,15 @@ def finalize_copies(plan: Plan, rows: list[ItemRow], out: Path) -> dict[str, Any
     return summary
 
 
+def _refuse_split_checkpoint() -> None:
+    raise MemgeoError("a checkpoint --gen is sampled by the run itself, so the run cannot be split "
+                      "(--shard / --engine ray)", "run it once without them (it saves generated.npy) and pass "
+                                                  "--gen OUT/generated.npy")
+
+
 def _check_split_copies(plan: Plan) -> None:
     if plan.payload.gen.kind == "checkpoint":
-        raise MemgeoError("a checkpoint --gen is sampled by the run itself, so the run cannot be split "
-                          "(--shard / --engine ray)", "run it once without them (it saves generated.npy) and pass "
-                                                      "--gen OUT/generated.npy")
+        _refuse_split_checkpoint()
 
 
 COPIES_ITEMS = ItemCommand(name="copies", ref="memgeo.workflows.copies:COPIES_ITEMS", config=CopiesConfig,
@@ -476,18 +480,15 @@ def run_copies(cfg: CopiesConfig, out: str | Path, *, scale: ScaleOptions | None
     """
     check_out(out)
     if scale is not None and scale.split and _is_checkpoint(Path(cfg.gen)):
-        raise MemgeoError("a checkpoint --gen is sampled by the run itself, so the run cannot be split "
-                          "(--shard / --engine ray)", "run it once without them (it saves generated.npy) and pass "
-                                                      "--gen OUT/generated.npy")
+        _refuse_split_checkpoint()  # before prepare samples the checkpoint
     return run_items(COPIES_ITEMS, prepare_copies(cfg), out, scale, progress=False)
 
 
 def _rows(results: dict[str, MetricResult], gen: SampleSet, train: SampleSet,
-          nearest: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
-    """The rows of copies.csv (see the module notes)."""
+          nearest: tuple[np.ndarray, np.ndarray], primary: str | None) -> list[dict[str, Any]]:
+    """The rows of copies.csv (see the module notes); ``primary`` gives the ``copy`` column."""
     n = len(gen)
     local = [k for k, r in results.items() if COPY_METRICS[k].kind == "local" and r.flagged is not None]
-    primary = "d1d2" if "d1d2" in local else (local[0] if local else None)
     n_crit = np.sum([results[k].flagged for k in local], axis=0) if local else np.zeros(n, dtype=int)
     cols: dict[str, Any] = {"index": np.arange(n)}
     if gen.names is not None:
