@@ -205,7 +205,7 @@ def sharpness_spectrum(model: DiffusionModel, x: torch.Tensor, t: float | None =
         b, d = xf.shape
         gen = torch.Generator(device=xf.device).manual_seed(seed)
         with ScoreJacobianOperator(model, xf, tvec, cond, mode="vjp") as op:
-            res = lanczos_extreme(op.sym_matvec, b, d, k=k, n_iter=min(n_iter, d), which=which, tol=tol,
+            res = lanczos_extreme(op.sym_matvec, b, d, k=k, n_iter=n_iter, which=which, tol=tol,
                                   generator=gen, dtype=xf.dtype, device=xf.device, bound="gap",
                                   restrict=op.restrict, workers=workers)  # converged samples leave the batch
         evals = res.eigenvalues * (sig**2)[:, None].to(res.eigenvalues.dtype)

@@ -51,6 +51,7 @@ from memgeo.geometry.lid import get_lid_estimator
 from memgeo.io import write_csv, write_json
 from memgeo.memorization import label_copies
 from memgeo.memorization.mmh import MMH_LABELS, MMHThresholds, mmh_audit
+from memgeo.models.base import model_dtype
 from memgeo.models.ddpm_bound import ddpm_variational_bound
 from memgeo.models.families import get_family, save_generator, train_generator
 from memgeo.report import Report
@@ -281,7 +282,7 @@ def _train_and_sample(family: str, cfg: FamiliesDemoConfig, train_x: torch.Tenso
         parts = [sample_class(model, demo, c, s) for c, s in sample_seeds(demo).items()]
         x = torch.cat([p.x0 for p in parts]).to(train_x.dtype)
         cond = torch.cat([torch.full((demo.n_samples,), c, dtype=torch.long) for c in sample_seeds(demo)])
-        score, lid = _diffusion_geometry(model, x.to(next(model.parameters()).dtype), cfg.diffusion_t, cond)
+        score, lid = _diffusion_geometry(model, x.to(model_dtype(model)), cfg.diffusion_t, cond)
         return _Trained(x, score, lid, steps, train_s, float(tr.log[-1]["loss"]) if tr.log else None)
     res = train_generator(cfg.family_config(family, tuple(train_x.shape[1:])), train_x, steps, folder,
                           checkpoint_every=max(steps, 1), progress=False, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,

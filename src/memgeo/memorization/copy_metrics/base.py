@@ -191,7 +191,9 @@ class CopyData:
         chunk_size: int = 1024,
         index_options: Mapping[str, Any] | None = None,
     ) -> None:
-        tr, te, ge = (as_points(x, name).to(torch.float32) for x, name in ((train, "train"), (test, "test"), (gen, "gen")))
+        # On the CPU: several metrics work in numpy (tensors on a GPU are copied over once, here).
+        tr, te, ge = (as_points(x, name).to("cpu", torch.float32) for x, name in ((train, "train"), (test, "test"),
+                                                                                   (gen, "gen")))
         dim = tr.shape[1]
         for t, name in ((te, "test"), (ge, "gen")):
             if t.shape[1] != dim:
