@@ -746,7 +746,7 @@ def unique_rows(x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     is ``first_occurrence(inverse)``. See :func:`unique_inverse` for the cost.
     """
     arr = as_points(x, "x").cpu().numpy()
-    inverse = unique_inverse(arr)
+    inverse = _unique_inverse(arr)  # arr is checked already: no second pass over it
     return arr[first_occurrence(inverse)].copy(), inverse
 
 
@@ -772,7 +772,11 @@ def unique_inverse(x: ArrayLike) -> np.ndarray:
     hashes; rows with equal hashes are then compared exactly (a hash collision of distinct rows is
     resolved by an exact ``numpy.unique`` of that group), so the result is exact.
     """
-    arr = as_points(x, "x").cpu().numpy()
+    return _unique_inverse(as_points(x, "x").cpu().numpy())
+
+
+def _unique_inverse(arr: np.ndarray) -> np.ndarray:
+    """:func:`unique_inverse` of a checked (N, D) float array."""
     n, d = arr.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
