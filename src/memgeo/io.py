@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -216,6 +217,16 @@ def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def hash_file(path: str | os.PathLike[str], h: Any | None = None) -> Any:
+    """Feed the bytes of the file ``path`` to the hash ``h`` (default a new ``hashlib.sha256()``) in
+    16 MiB blocks and return it (``.hexdigest()`` for the digest)."""
+    h = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h
 
 
 def git_hash() -> str | None:

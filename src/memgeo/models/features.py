@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from memgeo.errors import MemgeoError, Registry, check_scalar
-from memgeo.io import atomic_write_bytes, write_npy
+from memgeo.io import atomic_write_bytes, hash_file, write_npy
 
 __all__ = ["CACHE_ENV", "FEATURE_EXTRACTORS", "AutoencoderFeatures", "FeatureExtractor", "PixelFeatures",
            "TorchModelFeatures", "extract_features", "feature_cache_dir", "get_extractor"]
@@ -346,7 +346,7 @@ class TorchModelFeatures(FeatureExtractor):
                                                                                    for v in self.std)):
             raise MemgeoError(f"std={std!r} must be positive, one value per mean value", "pass matching mean and std")
         self.model = _load_module(self.path)
-        self._sha = _file_sha256(self.path)[:16]
+        self._sha = hash_file(self.path).hexdigest()[:16]
 
     @property
     def id(self) -> str:
@@ -384,14 +384,6 @@ class TorchModelFeatures(FeatureExtractor):
             raise MemgeoError(f"feature model {self.path} returned a {type(out).__name__}, not a tensor",
                               "wrap the model so that it returns a (N, F) tensor")
         return out.reshape(out.shape[0], -1)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_module(path: Path) -> Any:

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memgeo.data.images import SampleSet, load_sample_set
 from memgeo.errors import MemgeoError, check_choice, check_scalar
-from memgeo.io import write_csv, write_json, write_npy
+from memgeo.io import hash_file, write_csv, write_json, write_npy
 from memgeo.memorization.copy_metrics import COPY_METRICS, CopyData, MetricResult
 from memgeo.memorization.copy_metrics.local import tiled_train_nn
 from memgeo.models.features import extract_features, feature_cache_dir, get_extractor
@@ -195,26 +195,18 @@ def _sample_checkpoint(path: Path, n: int, steps: int, seed: int) -> np.ndarray:
     return x.numpy()
 
 
-def _sha256_file(path: Path, h: Any | None = None) -> Any:
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h
-
-
 def _describe(s: SampleSet, spec: str) -> dict[str, Any]:
     """Provenance of one input: spec, kind, shape, and sha256 / bytes of what was read."""
     rec: dict[str, Any] = {"spec": spec, "kind": s.kind, "n": len(s), "shape": list(s.shape[1:])}
     path = Path(spec)
     if s.kind == "npy":
-        rec.update(sha256=_sha256_file(path).hexdigest(), bytes=path.stat().st_size)
+        rec.update(sha256=hash_file(path).hexdigest(), bytes=path.stat().st_size)
     elif s.kind == "folder":
         h = hashlib.sha256()
         size = 0
         for name in s.names or []:  # file names and bytes, in load order
             h.update(name.encode() + b"\0")
-            _sha256_file(path / name, h)
+            hash_file(path / name, h)
             size += (path / name).stat().st_size
         rec.update(sha256=h.hexdigest(), bytes=size, n_files=len(s.names or []), **s.meta)
     else:
