@@ -220,7 +220,8 @@ class SampleSet:
         return np.asarray(self.x, dtype=dtype)
 
 
-def _as_numpy(x: Any, name: str) -> np.ndarray:
+def as_sample_array(x: Any, name: str) -> np.ndarray:
+    """A tensor or array-like of samples as a real-valued numpy array (half precision widened to float32)."""
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu()
         if t.dtype in (torch.float16, torch.bfloat16):
@@ -282,14 +283,14 @@ def load_sample_set(spec: Any, *, like: Any = None, name: str = "samples", n: in
 
             load_reference(path, name)  # the one-line errors for missing/unreadable files
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            out = SampleSet(_as_numpy(arr, name), None, "npy", str(path))
+            out = SampleSet(as_sample_array(arr, name), None, "npy", str(path))
         elif not path.exists():
             raise MemgeoError(f"{name} {path} does not exist", "pass a .npy file or a folder of PNG/JPEG images")
         else:
             raise MemgeoError(f"{name} {path} is neither a .npy file nor a folder",
                               "pass a .npy file (numpy.save) or a folder of PNG/JPEG images")
     elif isinstance(spec, (np.ndarray, torch.Tensor)):
-        out = SampleSet(_as_numpy(spec, name), None, "array", f"{type(spec).__name__} {tuple(spec.shape)}")
+        out = SampleSet(as_sample_array(spec, name), None, "array", f"{type(spec).__name__} {tuple(spec.shape)}")
     elif callable(spec):
         if n is None:
             raise MemgeoError(f"{name} is a generator callable but no number of samples was given",
@@ -302,7 +303,7 @@ def load_sample_set(spec: Any, *, like: Any = None, name: str = "samples", n: in
         except Exception as exc:  # noqa: BLE001 - the user's callable: report it in one line
             raise MemgeoError(f"{name} generator failed: {type(exc).__name__}: {exc}",
                               "check that the callable takes n and returns an array of n samples") from exc
-        arr = _as_numpy(drawn, name)
+        arr = as_sample_array(drawn, name)
         if arr.shape[0] != n:
             raise MemgeoError(f"{name} generator returned {arr.shape[0]} samples for n={n}",
                               "make the callable return exactly n samples (first axis)")

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memgeo.data.images import as_sample_array
 from memgeo.errors import MemgeoError, Registry, check_scalar
 from memgeo.io import atomic_write_bytes, hash_file, write_npy
 
@@ -135,15 +136,8 @@ FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
 
 
 def _as_samples(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
-    arr = x if isinstance(x, np.ndarray) else np.asarray(getattr(x, "x", x))
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise MemgeoError(f"samples have non-numeric dtype {arr.dtype}", "pass real-valued samples")
-    if arr.ndim == 0:
-        raise MemgeoError("samples are a scalar (0-D)", "pass a batch of samples with shape (N, ...)")
-    return arr
+    """Samples as a numpy array: a tensor, an array, or anything with the array in ``.x`` (a SampleSet)."""
+    return as_sample_array(x if isinstance(x, (torch.Tensor, np.ndarray)) else getattr(x, "x", x), "samples")
 
 
 @FEATURE_EXTRACTORS.register
