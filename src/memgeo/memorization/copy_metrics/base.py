@@ -615,10 +615,12 @@ COPY_METRICS: Registry[type[CopyMetric]] = Registry("copy metric")
 
 
 def rate_result(metric: CopyMetric, data: CopyData, per_sample: np.ndarray, flagged: np.ndarray,
-                nearest_index: np.ndarray | None, extra: dict[str, Any] | None = None) -> MetricResult:
-    """A :class:`MetricResult` whose value is the fraction of flagged generated samples, CI by bootstrap."""
+                nearest_index: np.ndarray | None, extra: dict[str, Any] | None = None,
+                ci: tuple[float, float] | None = None) -> MetricResult:
+    """A :class:`MetricResult` whose value is the fraction of flagged generated samples; its CI ``ci``, or by
+    bootstrap over the generated samples when ``ci`` is None."""
     flagged = np.asarray(flagged, dtype=bool)
-    lo, hi = data.bootstrap_mean_ci(flagged.astype(np.float64), metric.name)
+    lo, hi = ci if ci is not None else data.bootstrap_mean_ci(flagged.astype(np.float64), metric.name)
     return MetricResult(name=metric.name, value=float(flagged.mean()), ci_low=lo, ci_high=hi, baseline=None,
                         per_sample=np.asarray(per_sample, dtype=np.float64), flagged=flagged,
                         nearest_index=None if nearest_index is None else np.asarray(nearest_index, dtype=np.int64),

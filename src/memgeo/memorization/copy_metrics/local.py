@@ -41,8 +41,7 @@ consistently before calling.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,6 +106,18 @@ class NNRatioMetric(_CriterionMetric):
         self.criterion = CalibratedCriterion(threshold, n_mean=n_mean, alpha=alpha)
 
 
+def _rate_ci_held_out_threshold(data: CopyData, gen_values: np.ndarray, test_values: np.ndarray,
+                                threshold: Callable[[np.ndarray], np.ndarray], purpose: str) -> tuple[float, float]:
+    """Bootstrap CI of the fraction of ``gen_values`` below a threshold set on the held-out values: both sets
+    resampled, the threshold recomputed per replicate (``threshold``: (n_boot, n_test) -> (n_boot,)).
+    (nan, nan) without bootstrap."""
+    if not data.n_boot:
+        return float("nan"), float("nan")
+    g = data.bootstrap_indices(data.n_gen, f"{purpose}/gen")
+    t = data.bootstrap_indices(data.n_test, f"{purpose}/test")
+    return data.percentile_ci((gen_values[g] < threshold(test_values[t])[:, None]).mean(axis=1))
+
+
 @COPY_METRICS.register
 class DCRMetric(CopyMetric):
     """Distance to closest record relative to the training spacing, flagged against the held-out DCRs.
@@ -142,18 +153,12 @@ class DCRMetric(CopyMetric):
         d_test, _ = data.test_train_nn(1)
         r_gen, r_test = d_gen[:, 0] / s, d_test[:, 0] / s
         thr = float(np.quantile(r_test, self.quantile))
-        flagged = r_gen < thr
-        lo = hi = float("nan")
-        if data.n_boot:
-            g = data.bootstrap_indices(data.n_gen, "dcr/gen")
-            t = data.bootstrap_indices(data.n_test, "dcr/test")
-            thr_b = np.quantile(r_test[t], self.quantile, axis=1)
-            lo, hi = data.percentile_ci((r_gen[g] < thr_b[:, None]).mean(axis=1))
-        res = rate_result(self, data, r_gen, flagged, i_gen[:, 0],
-                          {"quantile": self.quantile, "threshold_ratio": thr, "train_spacing": spacing,
-                           "spacing_rows": n_rows, "spacing_subsampled": n_rows < data.n_train_unique,
-                           "median_ratio_gen": float(np.median(r_gen)), "median_ratio_test": float(np.median(r_test))})
-        return replace(res, ci_low=lo, ci_high=hi)
+        ci = _rate_ci_held_out_threshold(data, r_gen, r_test, lambda v: np.quantile(v, self.quantile, axis=1), "dcr")
+        return rate_result(self, data, r_gen, r_gen < thr, i_gen[:, 0],
+                           {"quantile": self.quantile, "threshold_ratio": thr, "train_spacing": spacing,
+                            "spacing_rows": n_rows, "spacing_subsampled": n_rows < data.n_train_unique,
+                            "median_ratio_gen": float(np.median(r_gen)), "median_ratio_test": float(np.median(r_test))},
+                           ci=ci)
 
 
 @COPY_METRICS.register
@@ -371,11 +376,6 @@ class TiledL2Metric(CopyMetric):
         thr = self.rel_threshold * float(np.median(d_test))
         extra.update({"threshold": thr, "rel_threshold": self.rel_threshold,
                       "median_test_distance": float(np.median(d_test))})
-        res = rate_result(self, data, d, d < thr, idx, extra)
-        lo = hi = float("nan")
-        if data.n_boot:  # the threshold moves with the resampled test set too
-            g = data.bootstrap_indices(data.n_gen, "tiled_l2/gen")
-            t = data.bootstrap_indices(data.n_test, "tiled_l2/test")
-            thr_b = self.rel_threshold * np.median(d_test[t], axis=1)
-            lo, hi = data.percentile_ci((d[g] < thr_b[:, None]).mean(axis=1))
-        return replace(res, ci_low=lo, ci_high=hi)
+        ci = _rate_ci_held_out_threshold(data, d, d_test, lambda v: self.rel_threshold * np.median(v, axis=1),
+                                         "tiled_l2")
+        return rate_result(self, data, d, d < thr, idx, extra, ci=ci)
