@@ -193,6 +193,34 @@ def scores_from_log_likelihoods(log_likelihoods: np.ndarray, trained_on: np.ndar
     return scores, log_p_in, log_p_out, n_in, n_out
 
 
+def fold_log_likelihoods(folds: np.ndarray, r: int, j: int, fit: Callable[[np.ndarray], Any],
+                         log_likelihood: Callable[[Any, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Model (r, j) of the K-fold score: fit on every point outside fold j of repeat r, then log p of all points.
+
+    Parameters
+    ----------
+    folds : numpy.ndarray, shape (L, n), int
+        Fold of each point per repeat (:func:`kfold_assignments`).
+    r, j : int
+        Repeat and held-out fold.
+    fit, log_likelihood
+        As in :func:`kfold_memorization_score`.
+
+    Returns
+    -------
+    trained_on : numpy.ndarray, shape (n,), bool
+    log_likelihoods : numpy.ndarray, shape (n,), float64
+    """
+    n = folds.shape[1]
+    seen = folds[r] != j
+    model = fit(np.flatnonzero(seen).astype(np.int64))
+    out = np.asarray(log_likelihood(model, np.arange(n, dtype=np.int64)), dtype=np.float64)
+    if out.shape != (n,):
+        raise MemgeoError(f"log_likelihood returned shape {out.shape} for {n} indices (repeat {r}, fold {j})",
+                          f"return one log p(x_i) per index, shape ({n},)")
+    return seen, out
+
+
 def kfold_memorization_score(
     n: int,
     fit: Callable[[np.ndarray], Any],
@@ -256,20 +284,13 @@ def kfold_memorization_score(
                      "them with scores_from_log_likelihoods to parallelise)")
     folds = kfold_assignments(n, k, repeats, seed)
     k, repeats, seed = int(k), int(repeats), int(seed)
-    everyone = np.arange(n, dtype=np.int64)
     n_models = repeats * k
     ll = np.empty((n_models, n), dtype=np.float64)
     seen = np.empty((n_models, n), dtype=bool)
     for r in range(repeats):
         for j in range(k):
             m = r * k + j
-            seen[m] = folds[r] != j
-            model = fit(np.flatnonzero(seen[m]).astype(np.int64))
-            out = np.asarray(log_likelihood(model, everyone), dtype=np.float64)
-            if out.shape != (n,):
-                raise MemgeoError(f"log_likelihood returned shape {out.shape} for {n} indices (repeat {r}, fold {j})",
-                                  f"return one log p(x_i) per index, shape ({n},)")
-            ll[m] = out
+            seen[m], ll[m] = fold_log_likelihoods(folds, r, j, fit, log_likelihood)
             if progress is not None:
                 progress(m + 1, n_models)
     scores, log_p_in, log_p_out, n_in, n_out = scores_from_log_likelihoods(ll, seen)

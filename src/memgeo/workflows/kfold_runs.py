@@ -190,21 +190,18 @@ def prepare_kfold(cfg: KFoldConfig) -> Plan:
 
 def score_kfold(plan: Plan, unit: list[Item]) -> list[ItemRow]:
     """Train the fold model of each item and evaluate ``log p(x_i)`` of all n points (``ItemRow.array``, (n,))."""
+    from memgeo.memorization.kfold import fold_log_likelihoods
+
     cfg: KFoldConfig = plan.cfg
     st: _KFoldState = plan.payload
     out = []
     for it in unit:
         r, j = divmod(it.index, cfg.folds)
         seed = training_seed(cfg, it.index)
-        trained_on = np.flatnonzero(st.folds[r] != j).astype(np.int64)
         t = time.perf_counter()
         fit, log_lik, _ = _model_fns(cfg, st, seed)
-        model = fit(trained_on)
-        ll = np.asarray(log_lik(model, np.arange(st.x.shape[0], dtype=np.int64)), dtype=np.float64)
-        if ll.shape != (st.x.shape[0],):
-            raise MemgeoError(f"the {cfg.family} bound returned shape {ll.shape} for {st.x.shape[0]} points",
-                              "report this as a bug")
-        out.append(ItemRow(it.id, it.index, {"repeat": r, "fold": j, "seed": seed, "n_train": int(trained_on.size),
+        seen, ll = fold_log_likelihoods(st.folds, r, j, fit, log_lik)
+        out.append(ItemRow(it.id, it.index, {"repeat": r, "fold": j, "seed": seed, "n_train": int(seen.sum()),
                                              "seconds": time.perf_counter() - t}, ll))
     return out
 
